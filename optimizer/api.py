@@ -1,0 +1,124 @@
+"""The library API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from optimizer import onnx_io
+from optimizer.errors import NinoptError, VerificationError
+from optimizer.ir import Graph
+from optimizer.pipeline import PassManager, PipelineReport
+from optimizer.registry import default_passes, get_pass
+
+ModelLike = str | os.PathLike | Graph | Any  # a path, an onnx.ModelProto or a Graph
+
+#: Exact passes must keep every output within this relative error (max |d| / max |y|).
+EXACT_TOLERANCE = 1e-5
+
+
+def load(model: ModelLike) -> Graph:
+    """A Graph from a path, a ModelProto or a Graph (returned as is)."""
+    return onnx_io.load(model)
+
+
+def save(graph: Graph, path: str | os.PathLike, **options) -> Path:
+    """Write a Graph atomically (see ``onnx_io.save`` for the external-data options)."""
+    return onnx_io.save(graph, path, **options)
+
+
+@dataclass
+class GraphSummary:
+    nodes: int
+    macs: int
+    params: int
+
+    @classmethod
+    def of(cls, graph: Graph, input_shapes: dict | None = None) -> GraphSummary:
+        from optimizer.cost import analyze_costs
+
+        costs = analyze_costs(graph, input_shapes=input_shapes)
+        return cls(len(graph), costs.total_macs, costs.total_params)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"nodes": self.nodes, "macs": self.macs, "params": self.params}
+
+
+@dataclass
+class OptimizeResult:
+    """The optimized graph and everything the pipeline recorded about getting there."""
+
+    graph: Graph
+    pipeline: PipelineReport
+    before: GraphSummary
+    after: GraphSummary
+    verification: Any = None  # optimizer.verify.VerifyReport, or None with verify=False
+    passes: list[str] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike, **options) -> Path:
+        return onnx_io.save(self.graph, path, **options)
+
+    @property
+    def model(self):
+        """The optimized model as an onnx.ModelProto (weights embedded)."""
+        return onnx_io.to_model_proto(self.graph)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passes": self.passes,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "pipeline": self.pipeline.to_dict(),
+            "verification": self.verification.to_dict() if self.verification is not None else None,
+        }
+
+
+def resolve_passes(passes: Iterable[str] | str | None) -> list[str]:
+    """Pass names to run: the default pipeline, or the given names (comma-separated string or list)."""
+    if passes is None:
+        return default_passes()
+    if isinstance(passes, str):
+        passes = [p.strip() for p in passes.split(",") if p.strip()]
+    names = list(passes)
+    if not names:
+        raise NinoptError("no passes given; name at least one (see `ninopt passes`).")
+    for name in names:
+        get_pass(name)
+    return names
+
+
+def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
+             inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+             tolerance: float = EXACT_TOLERANCE, seed: int = 0) -> OptimizeResult:
+    """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
+
+    The input model is never changed: the pipeline works on its own copy. Raises
+    VerificationError (naming the output and its error) when the result drifts beyond
+    ``tolerance`` relative error on any output.
+    """
+    original = load(model)
+    graph = original.copy()
+    names = resolve_passes(passes)
+    before = GraphSummary.of(original, shapes)
+    report = PassManager([get_pass(n).create() for n in names]).run(graph)
+    after = GraphSummary.of(graph, shapes)
+    verification = None
+    if verify:
+        from optimizer.verify import verify as verify_graphs
+
+        verification = verify_graphs(original, graph, inputs=inputs, shapes=shapes, seed=seed,
+                                     max_relative_error=tolerance)
+        if not verification.passed:
+            raise VerificationError(verification.failures()[0] + " The optimized model was not written.")
+    return OptimizeResult(graph, report, before, after, verification, names)
+
+
+def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None = None):
+    """Per-node shapes, MACs, parameters and activation bytes (an ``optimizer.cost.CostReport``)."""
+    from optimizer.cost import analyze_costs
+
+    return analyze_costs(load(model), input_shapes=input_shapes)

@@ -1,0 +1,506 @@
+"""The ninopt IR: a `Graph` facade over a networkx.MultiDiGraph.
+
+Ops are networkx nodes (keyed by an integer id); a tensor produced by one op and read by
+another is an edge keyed by ``(tensor name, consumer input index)``. Graph inputs and
+initializers have no producing op, so their uses live only in the use index. Tensor facts
+(element type, shape, constant value) live in one table, ``Graph.tensors``.
+
+Passes talk to this facade only; this is the only module that imports networkx. Everything
+the IR does not model (opset imports, metadata, functions, doc strings, value_info, the
+original protobuf of untouched nodes and initializers) is carried in ``Graph.source`` by
+``optimizer.onnx_io`` so a round trip is lossless.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import networkx as nx
+import numpy as np
+
+#: A dimension is an int, a symbolic name, or None when unknown.
+Dim = int | str | None
+
+#: Input index recorded for a tensor that a node reads implicitly, from inside a subgraph
+#: attribute (If/Loop/Scan bodies referring to outer-scope names).
+IMPLICIT_USE = -1
+
+
+class Constant:
+    """A constant tensor value that may stay unread until a pass needs it.
+
+    ``proto`` is the original TensorProto (reused verbatim on export while the value is
+    untouched); ``loader`` produces the array on first access, so models with external
+    data are not read into memory up front.
+    """
+
+    __slots__ = ("_array", "_loader", "proto", "nbytes", "dtype", "shape")
+
+    def __init__(self, array: np.ndarray | None = None, *, loader: Callable[[], np.ndarray] | None = None,
+                 proto: Any = None, dtype: np.dtype | None = None, shape: tuple[int, ...] | None = None):
+        if array is None and loader is None:
+            raise ValueError("a Constant needs an array or a loader")
+        self._array = None if array is None else np.asarray(array)
+        self._loader = loader
+        self.proto = proto
+        if self._array is not None:
+            dtype, shape = self._array.dtype, self._array.shape
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.shape = tuple(shape) if shape is not None else None
+        itemsize = self.dtype.itemsize if self.dtype is not None else 0
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * itemsize if self.shape is not None else 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._array is not None
+
+    @property
+    def value(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self._loader()
+        return self._array
+
+
+@dataclass
+class Tensor:
+    """One row of the tensor table."""
+
+    name: str
+    elem_type: int = 0  # onnx TensorProto.DataType; 0 when unknown
+    shape: tuple[Dim, ...] | None = None
+    const: Constant | None = None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return elem_type_to_dtype(self.elem_type)
+
+
+def elem_type_to_dtype(elem_type: int) -> np.dtype | None:
+    """numpy dtype of an ONNX element type, or None for types numpy cannot hold."""
+    if not elem_type:
+        return None
+    from onnx import helper  # dtype table only; model I/O stays in onnx_io
+
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def dtype_to_elem_type(dtype: np.dtype) -> int:
+    from onnx import helper
+
+    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+@dataclass(eq=False)
+class Node:
+    """One op. ``inputs`` uses "" for an omitted optional input.
+
+    ``attrs`` holds Python values (int, float, str, lists, numpy arrays for tensors, onnx
+    GraphProto for subgraphs). Change attributes through ``Graph.set_attr`` so the export
+    knows which ones to rewrite; everything else of an untouched node is written back
+    verbatim from ``proto``.
+    """
+
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    domain: str = ""
+    id: int = -1
+    proto: Any = None
+    changed_attrs: set[str] = field(default_factory=set)
+    #: outer-scope names read by subgraph attributes (If/Loop/Scan bodies)
+    implicit_inputs: tuple[str, ...] = ()
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def __repr__(self) -> str:
+        label = self.name or (self.outputs[0] if self.outputs else f"#{self.id}")
+        return f"<{self.op_type} {label}>"
+
+
+class Graph:
+    """A model's main graph: ops, tensor table, graph inputs/outputs and opsets."""
+
+    def __init__(self, opsets: dict[str, int] | None = None):
+        self._g = nx.MultiDiGraph()
+        self._nodes: dict[int, Node] = {}
+        self._producer: dict[str, int] = {}
+        self._uses: dict[str, dict[tuple[int, int], None]] = {}
+        self._ids = itertools.count()
+        self._name_counter = itertools.count()
+        self.tensors: dict[str, Tensor] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.initializers: dict[str, None] = {}  # ordered set: initializer names in file order
+        self.opsets: dict[str, int] = dict(opsets or {"": 13})
+        #: what onnx_io carries for a lossless export (model shell, value_info, ...)
+        self.source: Any = None
+        #: bumped by every mutation; the pass manager compares it to detect a fixpoint
+        self.version = 0
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.toposort())
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Nodes in insertion order (cheap); use ``toposort`` when order matters."""
+        return list(self._nodes.values())
+
+    def node(self, node_id: int) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def opset(self, domain: str = "") -> int:
+        if domain in ("", "ai.onnx"):
+            return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+        return self.opsets.get(domain, 1)
+
+    def tensor(self, name: str) -> Tensor:
+        info = self.tensors.get(name)
+        if info is None:
+            info = self.tensors[name] = Tensor(name)
+        return info
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        info = self.tensors.get(name)
+        if info is None:
+            return None
+        if info.shape is None and info.const is not None:
+            return info.const.shape
+        return info.shape
+
+    def producer(self, tensor: str) -> Node | None:
+        nid = self._producer.get(tensor)
+        return None if nid is None else self._nodes[nid]
+
+    def uses(self, tensor: str) -> list[tuple[Node, int]]:
+        """(consumer, input index) pairs; index IMPLICIT_USE marks a read from a subgraph."""
+        return [(self._nodes[nid], idx) for nid, idx in self._uses.get(tensor, ())]
+
+    def consumers(self, tensor: str) -> list[Node]:
+        seen: dict[int, None] = {}
+        for nid, _ in self._uses.get(tensor, ()):
+            seen[nid] = None
+        return [self._nodes[nid] for nid in seen]
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return tensor in self.outputs
+
+    def num_uses(self, tensor: str) -> int:
+        """Node uses plus one per appearance as a graph output."""
+        return len(self._uses.get(tensor, ())) + self.outputs.count(tensor)
+
+    def is_initializer(self, tensor: str) -> bool:
+        return tensor in self.initializers
+
+    def const(self, tensor: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant op's output, else None."""
+        info = self.tensors.get(tensor)
+        if info is not None and info.const is not None and tensor in self.initializers:
+            return info.const.value
+        node = self.producer(tensor)
+        if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = node.attrs.get("value")
+            if isinstance(value, np.ndarray):
+                return value
+        return None
+
+    def is_const(self, tensor: str) -> bool:
+        if tensor in self.initializers:
+            return True
+        node = self.producer(tensor)
+        return node is not None and node.op_type == "Constant" and isinstance(node.attrs.get("value"), np.ndarray)
+
+    def all_constant(self, *tensors: str) -> bool:
+        """True when every named tensor is constant; "" (an omitted input) counts as constant."""
+        return all(t == "" or self.is_const(t) for t in tensors)
+
+    def feed_inputs(self) -> list[str]:
+        """Graph inputs a caller must feed (IR v3 also lists initializers as inputs)."""
+        return [name for name in self.inputs if name not in self.initializers]
+
+    def toposort(self) -> list[Node]:
+        """Nodes in a topological order that keeps the original order wherever it can."""
+        return [self._nodes[nid] for nid in nx.lexicographical_topological_sort(self._g)]
+
+    def has_path(self, src: Node, dst: Node) -> bool:
+        return nx.has_path(self._g, src.id, dst.id)
+
+    def successors(self, node: Node) -> list[Node]:
+        return [self._nodes[nid] for nid in self._g.successors(node.id)]
+
+    def predecessors(self, node: Node) -> list[Node]:
+        return [self._nodes[nid] for nid in self._g.predecessors(node.id)]
+
+    def live_nodes(self) -> set[int]:
+        """Ids of nodes some graph output depends on (one reverse walk from all outputs)."""
+        stack = [self._producer[t] for t in self.outputs if t in self._producer]
+        live = set(stack)
+        while stack:
+            for pred in self._g.predecessors(stack.pop()):
+                if pred not in live:
+                    live.add(pred)
+                    stack.append(pred)
+        return live
+
+    # ------------------------------------------------------------------ naming
+    def fresh_name(self, base: str) -> str:
+        """A tensor or node name no tensor or node in this graph uses yet."""
+        base = base or "t"
+        taken = self.tensors
+        while True:
+            candidate = f"{base}__{next(self._name_counter)}"
+            if candidate not in taken:
+                return candidate
+
+    # ------------------------------------------------------------------ mutation
+    def add_node(self, op_type: str, inputs: Iterable[str], outputs: Iterable[str] | int = 1,
+                 attrs: dict[str, Any] | None = None, *, name: str | None = None, domain: str = "",
+                 proto: Any = None, implicit_inputs: Iterable[str] = ()) -> Node:
+        """Add an op; ``outputs`` may be names or a count of fresh names to make."""
+        if isinstance(outputs, int):
+            outputs = [self.fresh_name(f"{name or op_type}_out") for _ in range(outputs)]
+        node = Node(op_type, list(inputs), list(outputs), dict(attrs or {}),
+                    name=self.fresh_name(op_type) if name is None else name, domain=domain,
+                    id=next(self._ids), proto=proto, implicit_inputs=tuple(implicit_inputs))
+        self._nodes[node.id] = node
+        self._g.add_node(node.id)
+        for out in node.outputs:
+            if out == "":
+                continue
+            if out in self._producer:
+                raise ValueError(f"tensor {out!r} already has a producer")
+            self._producer[out] = node.id
+            self.tensor(out)
+            for cid, idx in self._uses.get(out, ()):
+                self._g.add_edge(node.id, cid, key=(out, idx))
+        for idx, name_ in enumerate(node.inputs):
+            self._link(name_, node.id, idx)
+        for name_ in node.implicit_inputs:
+            self._link(name_, node.id, IMPLICIT_USE)
+        self.version += 1
+        return node
+
+    def remove_node(self, node: Node) -> None:
+        """Detach an op. Tensors it produced lose their producer (and their row, if unused)."""
+        for idx, name_ in enumerate(node.inputs):
+            self._unlink(name_, node.id, idx)
+        for name_ in node.implicit_inputs:
+            self._unlink(name_, node.id, IMPLICIT_USE)
+        for out in node.outputs:
+            if self._producer.get(out) == node.id:
+                del self._producer[out]
+                if not self._uses.get(out) and not self.is_graph_output(out):
+                    self.tensors.pop(out, None)
+        self._g.remove_node(node.id)
+        del self._nodes[node.id]
+        self.version += 1
+
+    def remove_nodes(self, nodes: Iterable[Node]) -> None:
+        for node in list(nodes):
+            if node.id in self._nodes:
+                self.remove_node(node)
+
+    def set_input(self, node: Node, index: int, tensor: str) -> None:
+        self._unlink(node.inputs[index], node.id, index)
+        node.inputs[index] = tensor
+        self._link(tensor, node.id, index)
+        self.version += 1
+
+    def set_attr(self, node: Node, name: str, value: Any) -> None:
+        """Set (or, with None, remove) an attribute and mark it for re-export."""
+        if value is None:
+            node.attrs.pop(name, None)
+        else:
+            node.attrs[name] = value
+        node.changed_attrs.add(name)
+        self.version += 1
+
+    def replace_all_uses(self, old: str, new: str) -> None:
+        """Make every reader of ``old`` read ``new``; graph outputs keep their names.
+
+        A graph output named ``old`` is not renamed (that would change the model's
+        interface); use ``bypass`` to remove a node whose output is a graph output.
+        """
+        if old == new:
+            return
+        for nid, idx in list(self._uses.get(old, ())):
+            node = self._nodes[nid]
+            if idx == IMPLICIT_USE:
+                self._rename_implicit(node, old, new)
+            else:
+                self.set_input(node, idx, new)
+        self.version += 1
+
+    def rename_tensor(self, old: str, new: str) -> None:
+        """Give a tensor produced by an op a new name everywhere (producer, readers, table)."""
+        if new in self.tensors and new != old and (self._producer.get(new) is not None or self._uses.get(new)):
+            raise ValueError(f"tensor name {new!r} is already in use")
+        producer = self.producer(old)
+        info = self.tensors.pop(old, Tensor(old))
+        info.name = new
+        self.tensors[new] = info
+        if producer is not None:
+            del self._producer[old]
+            producer.outputs = [new if o == old else o for o in producer.outputs]
+            self._producer[new] = producer.id
+            self._g.remove_edges_from([(u, v, k) for u, v, k in self._g.out_edges(producer.id, keys=True) if k[0] == old])
+        for nid, idx in list(self._uses.get(old, ())):
+            node = self._nodes[nid]
+            if idx == IMPLICIT_USE:
+                self._rename_implicit(node, old, new)
+            else:
+                self.set_input(node, idx, new)
+        self.outputs = [new if o == old else o for o in self.outputs]
+        self.version += 1
+
+    def bypass_blocker(self, node: Node, input_index: int = 0, output_index: int = 0) -> str | None:
+        """Why ``bypass`` cannot remove this node, or None when it can."""
+        src, dst = node.inputs[input_index], node.outputs[output_index]
+        if not self.is_graph_output(dst):
+            return None
+        if self.is_graph_output(src) or src in self.inputs or src in self.initializers:
+            return "its output is a graph output and its input is a graph input, output or initializer"
+        if self.producer(src) is None:
+            return "its output is a graph output and its input has no producer to rename"
+        if len(self._uses.get(src, ())) > 1:
+            return "its output is a graph output and its input has other readers"
+        return None
+
+    def bypass(self, node: Node, input_index: int = 0, output_index: int = 0) -> None:
+        """Remove a pass-through node, wiring its readers to ``inputs[input_index]``.
+
+        When the node's output is a graph output, the input tensor takes the output's name
+        so the model's interface is unchanged (``bypass_blocker`` says when that is impossible).
+        """
+        blocker = self.bypass_blocker(node, input_index, output_index)
+        if blocker:
+            raise ValueError(f"cannot bypass {node!r}: {blocker}")
+        src, dst = node.inputs[input_index], node.outputs[output_index]
+        if self.is_graph_output(dst):
+            self.remove_node(node)
+            self.rename_tensor(src, dst)
+        else:
+            self.replace_all_uses(dst, src)
+            self.remove_node(node)
+
+    def add_initializer(self, array: np.ndarray, name: str | None = None) -> str:
+        """Add a constant as an initializer and return its (fresh unless given) name."""
+        array = np.asarray(array)
+        if name is None:
+            name = self.fresh_name("const")
+        self.tensors[name] = Tensor(name, dtype_to_elem_type(array.dtype), tuple(array.shape), Constant(array))
+        self.initializers[name] = None
+        self.version += 1
+        return name
+
+    def set_const(self, name: str, array: np.ndarray) -> None:
+        """Replace an initializer's value (the original protobuf is no longer reused)."""
+        array = np.asarray(array)
+        self.tensors[name] = Tensor(name, dtype_to_elem_type(array.dtype), tuple(array.shape), Constant(array))
+        self.initializers[name] = None
+        self.version += 1
+
+    def remove_initializer(self, name: str) -> None:
+        self.initializers.pop(name, None)
+        if name in self.inputs:
+            self.inputs.remove(name)
+        if not self._uses.get(name) and not self.is_graph_output(name) and name not in self._producer:
+            self.tensors.pop(name, None)
+        self.version += 1
+
+    # ------------------------------------------------------------------ checking
+    def check_invariants(self) -> list[str]:
+        """Structural problems, each a sentence; empty when the graph is well formed."""
+        problems: list[str] = []
+        if not nx.is_directed_acyclic_graph(self._g):
+            cycle = nx.find_cycle(self._g)
+            problems.append("the graph has a cycle through " + ", ".join(repr(self._nodes[u]) for u, *_ in cycle))
+        produced: dict[str, Node] = {}
+        node_names: set[str] = set()
+        inputs = set(self.inputs)
+        for node in self._nodes.values():
+            if node.name:
+                if node.name in node_names:
+                    problems.append(f"node name {node.name!r} is used twice")
+                node_names.add(node.name)
+            for out in node.outputs:
+                if not out:
+                    continue
+                if out in produced:
+                    problems.append(f"tensor {out!r} is produced by {produced[out]!r} and {node!r}")
+                elif out in inputs or out in self.initializers:
+                    problems.append(f"tensor {out!r} is both a graph input/initializer and produced by {node!r}")
+                produced[out] = node
+        for node in self._nodes.values():
+            for name_ in itertools.chain(node.inputs, node.implicit_inputs):
+                if name_ and name_ not in produced and name_ not in inputs and name_ not in self.initializers:
+                    problems.append(f"{node!r} reads {name_!r}, which nothing produces")
+        for out in self.outputs:
+            if out not in produced and out not in inputs and out not in self.initializers:
+                problems.append(f"graph output {out!r} is not produced")
+        return problems
+
+    # ------------------------------------------------------------------ copying
+    def copy(self) -> Graph:
+        """An independent copy for snapshots and rollback; constant values are shared (never mutated in place)."""
+        other = Graph(self.opsets)
+        other._g = self._g.copy()
+        other._nodes = {nid: Node(n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs), name=n.name,
+                                  domain=n.domain, id=n.id, proto=n.proto, changed_attrs=set(n.changed_attrs),
+                                  implicit_inputs=n.implicit_inputs)
+                        for nid, n in self._nodes.items()}
+        other._producer = dict(self._producer)
+        other._uses = {t: dict(u) for t, u in self._uses.items()}
+        other._ids = itertools.count(max(self._nodes, default=-1) + 1)
+        other._name_counter = itertools.count(next(self._name_counter))
+        other.tensors = {k: Tensor(v.name, v.elem_type, v.shape, v.const) for k, v in self.tensors.items()}
+        other.inputs = list(self.inputs)
+        other.outputs = list(self.outputs)
+        other.initializers = dict(self.initializers)
+        other.source = self.source
+        other.version = self.version
+        return other
+
+    # ------------------------------------------------------------------ internals
+    def _link(self, tensor: str, nid: int, idx: int) -> None:
+        if tensor == "":
+            return
+        self._uses.setdefault(tensor, {})[(nid, idx)] = None
+        self.tensor(tensor)
+        pid = self._producer.get(tensor)
+        if pid is not None:
+            self._g.add_edge(pid, nid, key=(tensor, idx))
+
+    def _unlink(self, tensor: str, nid: int, idx: int) -> None:
+        if tensor == "":
+            return
+        uses = self._uses.get(tensor)
+        if uses is not None:
+            uses.pop((nid, idx), None)
+            if not uses:
+                del self._uses[tensor]
+        pid = self._producer.get(tensor)
+        if pid is not None and self._g.has_edge(pid, nid, key=(tensor, idx)):
+            self._g.remove_edge(pid, nid, key=(tensor, idx))
+
+    def _rename_implicit(self, node: Node, old: str, new: str) -> None:
+        from optimizer.onnx_io import rename_outer_reference  # subgraphs stay protobuf
+
+        for key, value in list(node.attrs.items()):
+            renamed = rename_outer_reference(value, old, new)
+            if renamed is not value:
+                self.set_attr(node, key, renamed)
+        self._unlink(old, node.id, IMPLICIT_USE)
+        node.implicit_inputs = tuple(new if t == old else t for t in node.implicit_inputs)
+        self._link(new, node.id, IMPLICIT_USE)

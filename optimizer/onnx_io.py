@@ -1,0 +1,506 @@
+"""ONNX <-> Graph, external data and atomic saves.
+
+The only module that reads or writes ONNX models. Why not onnx-graphsurgeon at this
+boundary: ``gs.export_onnx(gs.import_onnx(m))`` drops initializer graph inputs of IR v3
+models (every light-zoo model) and rewrites protobufs it did not need to touch. Instead
+the original protobuf of every node and initializer is kept and written back verbatim
+unless a pass changed it, and everything the IR does not model travels in a model
+"shell" (opsets, metadata, functions, graph doc string, sparse initializers, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from google.protobuf.message import DecodeError
+
+from optimizer.errors import NinoptError
+from optimizer.ir import Constant, Graph, Tensor, elem_type_to_dtype
+
+#: Protobuf cannot serialize messages of 2 GiB or more; above this, weights go to external data.
+PROTO_LIMIT = 2**31 - 1
+#: Initializers at least this large go to the external data file when one is written.
+EXTERNAL_MIN_BYTES = 1024
+_COPY_CHUNK = 16 << 20
+
+_GRAPH_LISTS = ("node", "initializer", "input", "output", "value_info")
+
+
+@dataclass
+class Source:
+    """What the IR does not model, carried from load to save for a lossless round trip."""
+
+    shell: onnx.ModelProto  # the model with an empty graph body: opsets, metadata, functions, ...
+    input_info: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    output_info: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    value_info: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    base_dir: Path | None = None  # folder that external data locations are relative to
+    external: bool = False  # the model kept (some) weights in external files
+    external_files: set[Path] = field(default_factory=set)
+    keepalive: Any = None  # the loaded ModelProto that owns the original TensorProtos
+
+
+# ---------------------------------------------------------------------- loading
+def load(model: str | os.PathLike | onnx.ModelProto | Graph) -> Graph:
+    """Read a model from a path or a ModelProto into a Graph; weights in external files stay unread."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return _from_model(model, base_dir=None)
+    path = Path(model)
+    if not path.exists():
+        raise NinoptError(f"{path} does not exist.")
+    if not path.is_file():
+        raise NinoptError(f"{path} is not a file.")
+    if path.stat().st_size == 0:
+        raise NinoptError(f"{path} is empty, not an ONNX model.")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, TypeError, OSError) as exc:
+        raise NinoptError(f"{path} is not a readable ONNX model ({_first_line(exc)}).") from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise NinoptError(f"{path} holds no ONNX graph (is it an ONNX model?).")
+    return _from_model(proto, base_dir=path.resolve().parent)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _from_model(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
+    opsets = {op.domain if op.domain != "ai.onnx" else "": op.version for op in model.opset_import}
+    if not model.opset_import:
+        opsets = {"": 1}
+    graph = Graph(opsets)
+    shell = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name != "graph":
+            _copy_field(shell, desc.name, value, desc)
+    for desc, value in model.graph.ListFields():
+        if desc.name not in _GRAPH_LISTS:
+            _copy_field(shell.graph, desc.name, value, desc)
+    source = Source(shell=shell, base_dir=base_dir, keepalive=model)
+    graph.source = source
+    _fill_graph(graph, model.graph, source)
+    return graph
+
+
+def _copy_field(target, name, value, desc) -> None:
+    if desc.is_repeated:
+        getattr(target, name).extend(value)
+    elif desc.message_type:
+        getattr(target, name).CopyFrom(value)
+    else:
+        setattr(target, name, value)
+
+
+def _fill_graph(graph: Graph, gp: onnx.GraphProto, source: Source) -> None:
+    for vi in gp.input:
+        source.input_info[vi.name] = vi
+        graph.inputs.append(vi.name)
+        _note_value_info(graph, vi)
+    for vi in gp.output:
+        source.output_info[vi.name] = vi
+        graph.outputs.append(vi.name)
+        _note_value_info(graph, vi)
+    for vi in gp.value_info:
+        source.value_info[vi.name] = vi
+        _note_value_info(graph, vi)
+    for tp in gp.initializer:
+        info = graph.tensor(tp.name)
+        info.elem_type = tp.data_type
+        info.shape = tuple(tp.dims)
+        info.const = _lazy_constant(tp, source)
+        graph.initializers[tp.name] = None
+    for np_ in gp.node:
+        graph.add_node(np_.op_type, np_.input, np_.output, _attrs(np_), name=np_.name, domain=np_.domain,
+                       proto=np_, implicit_inputs=_implicit_inputs(np_))
+
+
+def _note_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
+    info = graph.tensor(vi.name)
+    if vi.type.HasField("tensor_type"):
+        tt = vi.type.tensor_type
+        info.elem_type = info.elem_type or tt.elem_type
+        if tt.HasField("shape") and info.shape is None:
+            info.shape = tuple(_dim(d) for d in tt.shape.dim)
+
+
+def _dim(d) -> int | str | None:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param"):
+        return d.dim_param
+    return None
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        if a.ref_attr_name:  # inside functions: a reference, not a value
+            out[a.name] = a
+            continue
+        value = helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape")
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode("utf-8", "surrogateescape") for v in value]
+        elif isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
+            value = [numpy_helper.to_array(v) for v in value]
+        out[a.name] = value
+    return out
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def outer_references(gp: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from enclosing scopes (not defined inside it), in first-use order."""
+    defined = {vi.name for vi in gp.input} | {t.name for t in gp.initializer} | {t.name for t in gp.sparse_initializer}
+    found: dict[str, None] = {}
+    for node in gp.node:
+        for name in node.input:
+            if name and name not in defined:
+                found[name] = None
+        for sub in _subgraphs(node):
+            for name in outer_references(sub):
+                if name not in defined:
+                    found[name] = None
+        defined.update(o for o in node.output if o)
+    for vi in gp.output:
+        if vi.name not in defined:
+            found[vi.name] = None
+    return list(found)
+
+
+def _implicit_inputs(node: onnx.NodeProto) -> list[str]:
+    found: dict[str, None] = {}
+    for sub in _subgraphs(node):
+        for name in outer_references(sub):
+            found[name] = None
+    return list(found)
+
+
+def rename_outer_reference(value: Any, old: str, new: str) -> Any:
+    """A copy of a subgraph attribute reading ``new`` where it read outer-scope ``old``; other values unchanged."""
+    if isinstance(value, onnx.GraphProto) and old in outer_references(value):
+        copy = onnx.GraphProto()
+        copy.CopyFrom(value)
+        _rename_in(copy, old, new)
+        return copy
+    if isinstance(value, list) and any(isinstance(v, onnx.GraphProto) for v in value):
+        renamed = [rename_outer_reference(v, old, new) for v in value]
+        return renamed if any(r is not v for r, v in zip(renamed, value)) else value
+    return value
+
+
+def _rename_in(gp: onnx.GraphProto, old: str, new: str) -> None:
+    if old in {vi.name for vi in gp.input} | {t.name for t in gp.initializer}:
+        return  # shadowed here
+    for node in gp.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for sub in _subgraphs(node):
+            _rename_in(sub, old, new)
+        if old in node.output:
+            return  # redefined from here on (not valid SSA, but stay safe)
+    for vi in gp.output:
+        if vi.name == old:
+            vi.name = new
+
+
+def subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
+    """A subgraph (If/Loop/Scan body) as a Graph with the parent's opsets; outer names stay unproduced reads."""
+    graph = Graph(parent.opsets)
+    source = Source(shell=onnx.ModelProto(), base_dir=getattr(parent.source, "base_dir", None), keepalive=gp)
+    graph.source = source
+    _fill_graph(graph, gp, source)
+    return graph
+
+
+# ---------------------------------------------------------------------- external data
+def _external_fields(tp: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tp.external_data}
+
+
+def _lazy_constant(tp: onnx.TensorProto, source: Source) -> Constant:
+    dtype = elem_type_to_dtype(tp.data_type)
+    shape = tuple(tp.dims)
+    if tp.data_location != onnx.TensorProto.EXTERNAL:
+        return Constant(loader=lambda: numpy_helper.to_array(tp), proto=tp, dtype=dtype, shape=shape)
+    path, offset, length = _external_location(tp, source)
+    source.external = True
+    source.external_files.add(path)
+
+    def read() -> np.ndarray:
+        if dtype is not None and dtype.kind in "biufc" and length == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            return np.fromfile(path, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tp)
+        del copy.external_data[:]
+        copy.data_location = onnx.TensorProto.DEFAULT
+        with open(path, "rb") as f:
+            f.seek(offset)
+            copy.raw_data = f.read(length)
+        return numpy_helper.to_array(copy)
+
+    return Constant(loader=read, proto=tp, dtype=dtype, shape=shape)
+
+
+def _external_location(tp: onnx.TensorProto, source: Source) -> tuple[Path, int, int]:
+    """Resolve and check an external data reference: it must stay inside the model's folder."""
+    fields = _external_fields(tp)
+    location = fields.get("location", "")
+    if source.base_dir is None:
+        raise NinoptError(f"initializer {tp.name!r} has external data but the model was not loaded from a file.")
+    if not location or os.path.isabs(location):
+        raise NinoptError(f"initializer {tp.name!r} points to external data at {location!r}, outside the model's folder.")
+    base = source.base_dir.resolve()
+    path = (base / location).resolve()
+    if base not in path.parents:
+        raise NinoptError(f"initializer {tp.name!r} points to external data at {location!r}, outside the model's folder.")
+    if not path.is_file():
+        raise NinoptError(f"external data file {location!r} of initializer {tp.name!r} is missing.")
+    offset = int(fields.get("offset", 0) or 0)
+    dtype = elem_type_to_dtype(tp.data_type)
+    default_length = int(np.prod(tuple(tp.dims), dtype=np.int64)) * (dtype.itemsize if dtype is not None else 0)
+    length = int(fields.get("length", 0) or 0) or max(default_length, path.stat().st_size - offset)
+    if offset < 0 or offset + length > path.stat().st_size:
+        raise NinoptError(f"external data file {location!r} is shorter than initializer {tp.name!r} needs.")
+    return path, offset, length
+
+
+# ---------------------------------------------------------------------- exporting
+def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | None = None) -> onnx.ModelProto:
+    """The Graph as a ModelProto; ``external`` maps initializer names to (location, offset, length) to write by reference."""
+    source: Source = graph.source or Source(shell=_default_shell(graph))
+    model = onnx.ModelProto()
+    model.CopyFrom(source.shell)
+    del model.opset_import[:]
+    for domain, version in graph.opsets.items():
+        model.opset_import.append(helper.make_opsetid(domain, version))
+    if not model.ir_version:
+        model.ir_version = onnx.IR_VERSION
+    gp = model.graph
+    nodes = graph.toposort()
+    gp.node.extend(_node_proto(n) for n in nodes)
+    for name in graph.initializers:
+        info = graph.tensors[name]
+        gp.initializer.append(_initializer_proto(info, (external or {}).get(name)))
+    gp.input.extend(_value_info(graph, name, source.input_info) for name in graph.inputs)
+    gp.output.extend(_value_info(graph, name, source.output_info) for name in graph.outputs)
+    alive = set(graph.tensors)
+    gp.value_info.extend(vi for name, vi in source.value_info.items() if name in alive and graph.producer(name) is not None)
+    return model
+
+
+def _default_shell(graph: Graph) -> onnx.ModelProto:
+    shell = onnx.ModelProto()
+    shell.producer_name = "ninopt"
+    shell.graph.name = "ninopt"
+    return shell
+
+
+def _node_proto(node) -> onnx.NodeProto:
+    original = node.proto
+    if original is not None and not node.changed_attrs and list(original.input) == node.inputs \
+            and list(original.output) == node.outputs and original.name == node.name:
+        return original
+    proto = onnx.NodeProto()
+    if original is not None:
+        proto.CopyFrom(original)
+        del proto.input[:]
+        del proto.output[:]
+        kept = [a for a in original.attribute if a.name not in node.changed_attrs]
+        del proto.attribute[:]
+        proto.attribute.extend(kept)
+        changed = node.changed_attrs
+    else:
+        proto.op_type = node.op_type
+        proto.domain = node.domain
+        changed = node.attrs.keys()
+    proto.name = node.name
+    proto.input.extend(node.inputs)
+    proto.output.extend(node.outputs)
+    for key in sorted(changed):
+        if key in node.attrs:
+            proto.attribute.append(_make_attribute(key, node.attrs[key]))
+    return proto
+
+
+def _make_attribute(key: str, value: Any) -> onnx.AttributeProto:
+    if isinstance(value, onnx.AttributeProto):
+        return value
+    if isinstance(value, np.ndarray):
+        return helper.make_attribute(key, numpy_helper.from_array(value))
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], np.ndarray):
+        return helper.make_attribute(key, [numpy_helper.from_array(v) for v in value])
+    if isinstance(value, np.generic):
+        value = value.item()
+    return helper.make_attribute(key, value)
+
+
+def _initializer_proto(info: Tensor, external: tuple[str, int, int] | None) -> onnx.TensorProto:
+    const = info.const
+    original = const.proto
+    if external is not None:
+        location, offset, length = external
+        proto = onnx.TensorProto()
+        proto.name = info.name
+        proto.data_type = info.elem_type
+        proto.dims.extend(const.shape)
+        if original is not None and original.doc_string:
+            proto.doc_string = original.doc_string
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = proto.external_data.add()
+            entry.key, entry.value = k, v
+        return proto
+    if original is not None and original.data_location != onnx.TensorProto.EXTERNAL and original.name == info.name:
+        return original
+    proto = numpy_helper.from_array(const.value, info.name)
+    if original is not None:
+        proto.data_type = original.data_type  # keep the declared type (e.g. bfloat16 read as float32 bits)
+        if original.doc_string:
+            proto.doc_string = original.doc_string
+    return proto
+
+
+def _value_info(graph: Graph, name: str, known: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    if name in known:
+        return known[name]
+    info = graph.tensors.get(name) or Tensor(name)
+    shape = graph.shape(name)
+    return helper.make_tensor_value_info(name, info.elem_type or onnx.TensorProto.UNDEFINED, shape)
+
+
+# ---------------------------------------------------------------------- saving
+def _check_destination(path: Path) -> Path:
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise NinoptError(f"output path {path} is a directory.")
+    if not folder.is_dir():
+        raise NinoptError(f"output folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise NinoptError(f"output folder {folder} is not writable.")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", **open_args):
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    folder = _check_destination(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **open_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NinoptError(f"could not write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = None,
+         proto_limit: int = PROTO_LIMIT, external_min_bytes: int = EXTERNAL_MIN_BYTES) -> Path:
+    """Write a Graph atomically: a temporary file in the destination folder, then a rename.
+
+    Weights go to ``<name>.data`` beside the model when ``external_data`` is True, or when it
+    is None and the model came with external data or would exceed ``proto_limit`` bytes.
+    Never writes over a file the graph still reads weights from.
+    """
+    path = Path(path)
+    _check_destination(path)
+    source: Source | None = graph.source
+    if external_data is None:
+        external_data = bool(source and source.external) or _estimated_size(graph) >= proto_limit
+    data_path = path.with_name(path.name + ".data")
+    protected = set(source.external_files) if source else set()
+    if path.resolve() in protected or (external_data and data_path.resolve() in protected):
+        raise NinoptError(f"refusing to overwrite {path}: the model still reads weights from it.")
+    tmp_data = None
+    try:
+        external = None
+        if external_data:
+            external, tmp_data = _write_external(graph, data_path, external_min_bytes)
+        model = to_model_proto(graph, external=external)
+        if model.ByteSize() >= PROTO_LIMIT:
+            raise NinoptError("the model is over 2 GiB even with its weights outside; it cannot be saved as ONNX.")
+        with atomic_writer(path) as f:
+            f.write(model.SerializeToString())
+            if tmp_data is not None:
+                os.replace(tmp_data, data_path)
+                tmp_data = None
+    except OSError as exc:
+        raise NinoptError(f"could not write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if tmp_data is not None:
+            tmp_data.unlink(missing_ok=True)
+    return path
+
+
+def _estimated_size(graph: Graph) -> int:
+    return sum(graph.tensors[n].const.nbytes for n in graph.initializers if graph.tensors[n].const is not None)
+
+
+def _write_external(graph: Graph, data_path: Path, min_bytes: int) -> tuple[dict[str, tuple[str, int, int]], Path]:
+    """Stream large initializers into a temporary data file; returns their locations and the file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
+    locations: dict[str, tuple[str, int, int]] = {}
+    offset = 0
+    with os.fdopen(fd, "wb") as out:
+        for name in graph.initializers:
+            info = graph.tensors[name]
+            if info.const is None or info.const.nbytes < min_bytes:
+                continue
+            length, write = _external_bytes_for(graph, info)
+            pad = (-offset) % 64  # keep every tensor 64-byte aligned for memory mapping
+            out.write(b"\0" * pad)
+            offset += pad
+            write(out)
+            locations[name] = (data_path.name, offset, length)
+            offset += length
+        out.flush()
+        os.fsync(out.fileno())
+    return locations, Path(tmp)
+
+
+def _external_bytes_for(graph: Graph, info: Tensor):
+    const = info.const
+    original = const.proto
+    if not const.loaded and original is not None and original.data_location == onnx.TensorProto.EXTERNAL:
+        path, offset, length = _external_location(original, graph.source)
+
+        def copy(out):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                remaining = length
+                while remaining:
+                    chunk = f.read(min(_COPY_CHUNK, remaining))
+                    out.write(chunk)
+                    remaining -= len(chunk)
+        return length, copy
+    proto = numpy_helper.from_array(np.ascontiguousarray(const.value))
+    raw = proto.raw_data
+    return len(raw), lambda out: out.write(raw)

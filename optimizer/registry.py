@@ -1,0 +1,87 @@
+"""Pass registration: built-in passes register on import; third parties through entry points.
+
+A plug-in package exposes passes in the entry-point group ``ninopt.passes``; each entry
+point names a module (importing it registers its passes) or a Pass class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+
+from optimizer.errors import NinoptError
+
+ENTRY_POINT_GROUP = "ninopt.passes"
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    cls: type
+    exact: bool
+    default: bool
+    doc: str  # first line of the class docstring
+
+    def create(self):
+        return self.cls()
+
+
+_REGISTRY: dict[str, PassInfo] = {}
+_loaded = False
+
+
+def register_pass(name: str, *, exact: bool = True, default: bool = True):
+    """Class decorator: make a Pass available by ``name``.
+
+    ``exact`` passes keep outputs within float round-off; ``default`` ones run in the
+    default pipeline, in registration order.
+    """
+
+    def decorate(cls):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if not doc:
+            raise TypeError(f"pass {name!r} needs a docstring saying what it rewrites")
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"pass name {name!r} is registered twice")
+        cls.name, cls.exact, cls.default = name, exact, default
+        _REGISTRY[name] = PassInfo(name, cls, exact, default, doc[0])
+        return cls
+
+    return decorate
+
+
+def unregister_pass(name: str) -> None:
+    """Remove a pass (tests register throwaway passes)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("passes")
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # a broken plug-in must not take the tool down
+            raise NinoptError(f"pass plug-in {entry.name!r} ({entry.value}) failed to load: {exc}.") from None
+
+
+def all_passes() -> list[PassInfo]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def get_pass(name: str) -> PassInfo:
+    _load()
+    info = _REGISTRY.get(name)
+    if info is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise NinoptError(f"unknown pass {name!r}; known passes: {known}.")
+    return info
+
+
+def default_passes() -> list[str]:
+    return [p.name for p in all_passes() if p.default]
