@@ -95,6 +95,21 @@ def dtype_to_elem_type(dtype: np.dtype) -> int:
     return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
+_CONSTANT_ATTR_DTYPES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                         "value_ints": np.int64}
+
+
+def _constant_attr_value(attrs: dict[str, Any]) -> np.ndarray | None:
+    """A Constant op's value from whichever attribute form it uses (sparse and string forms: None)."""
+    value = attrs.get("value")
+    if isinstance(value, np.ndarray):
+        return value
+    for key, dtype in _CONSTANT_ATTR_DTYPES.items():
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
+
+
 @dataclass(eq=False)
 class Node:
     """One op. ``inputs`` uses "" for an omitted optional input.
@@ -122,7 +137,7 @@ class Node:
 
     def __repr__(self) -> str:
         label = self.name or (self.outputs[0] if self.outputs else f"#{self.id}")
-        return f"<{self.op_type} {label}>"
+        return f"{self.op_type} node {label!r}"
 
 
 class Graph:
@@ -140,6 +155,8 @@ class Graph:
         self.outputs: list[str] = []
         self.initializers: dict[str, None] = {}  # ordered set: initializer names in file order
         self.opsets: dict[str, int] = dict(opsets or {"": 13})
+        #: ONNX IR version; from 4 on, an initializer also listed as a graph input is an overridable default
+        self.ir_version = 8
         #: what onnx_io carries for a lossless export (model shell, value_info, ...)
         self.source: Any = None
         #: bumped by every mutation; the pass manager compares it to detect a fixpoint
@@ -206,20 +223,22 @@ class Graph:
     def const(self, tensor: str) -> np.ndarray | None:
         """The value of an initializer or a Constant op's output, else None."""
         info = self.tensors.get(tensor)
-        if info is not None and info.const is not None and tensor in self.initializers:
+        if info is not None and info.const is not None and self._fixed_initializer(tensor):
             return info.const.value
         node = self.producer(tensor)
         if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = node.attrs.get("value")
-            if isinstance(value, np.ndarray):
-                return value
+            return _constant_attr_value(node.attrs)
         return None
 
+    def _fixed_initializer(self, tensor: str) -> bool:
+        """An initializer a caller cannot override (IR v3 lists every initializer as an input; later IRs do not)."""
+        return tensor in self.initializers and (self.ir_version < 4 or tensor not in self.inputs)
+
     def is_const(self, tensor: str) -> bool:
-        if tensor in self.initializers:
+        if self._fixed_initializer(tensor):
             return True
         node = self.producer(tensor)
-        return node is not None and node.op_type == "Constant" and isinstance(node.attrs.get("value"), np.ndarray)
+        return node is not None and node.op_type == "Constant" and _constant_attr_value(node.attrs) is not None
 
     def all_constant(self, *tensors: str) -> bool:
         """True when every named tensor is constant; "" (an omitted input) counts as constant."""
@@ -228,6 +247,10 @@ class Graph:
     def feed_inputs(self) -> list[str]:
         """Graph inputs a caller must feed (IR v3 also lists initializers as inputs)."""
         return [name for name in self.inputs if name not in self.initializers]
+
+    def removable_initializers(self) -> list[str]:
+        """Initializers that are constants rather than part of the model's interface."""
+        return [name for name in self.initializers if self._fixed_initializer(name)]
 
     def toposort(self) -> list[Node]:
         """Nodes in a topological order that keeps the original order wherever it can."""
@@ -270,6 +293,10 @@ class Graph:
         """Add an op; ``outputs`` may be names or a count of fresh names to make."""
         if isinstance(outputs, int):
             outputs = [self.fresh_name(f"{name or op_type}_out") for _ in range(outputs)]
+        outputs = list(outputs)
+        for out in outputs:
+            if out and (out in self._producer or outputs.count(out) > 1):
+                raise ValueError(f"tensor {out!r} already has a producer")
         node = Node(op_type, list(inputs), list(outputs), dict(attrs or {}),
                     name=self.fresh_name(op_type) if name is None else name, domain=domain,
                     id=next(self._ids), proto=proto, implicit_inputs=tuple(implicit_inputs))
@@ -278,8 +305,6 @@ class Graph:
         for out in node.outputs:
             if out == "":
                 continue
-            if out in self._producer:
-                raise ValueError(f"tensor {out!r} already has a producer")
             self._producer[out] = node.id
             self.tensor(out)
             for cid, idx in self._uses.get(out, ()):
@@ -304,7 +329,14 @@ class Graph:
                     self.tensors.pop(out, None)
         self._g.remove_node(node.id)
         del self._nodes[node.id]
+        for name_ in itertools.chain(node.inputs, node.implicit_inputs):
+            if name_ and self._is_orphan(name_):
+                self.tensors.pop(name_, None)
         self.version += 1
+
+    def _is_orphan(self, tensor: str) -> bool:
+        return (tensor not in self._producer and not self._uses.get(tensor) and tensor not in self.initializers
+                and tensor not in self.inputs and tensor not in self.outputs)
 
     def remove_nodes(self, nodes: Iterable[Node]) -> None:
         for node in list(nodes):
@@ -348,7 +380,11 @@ class Graph:
             raise ValueError(f"tensor name {new!r} is already in use")
         producer = self.producer(old)
         info = self.tensors.pop(old, Tensor(old))
+        kept = self.tensors.get(new)
         info.name = new
+        if kept is not None:  # e.g. a graph output's declared type and shape
+            info.elem_type = info.elem_type or kept.elem_type
+            info.shape = info.shape if info.shape is not None else kept.shape
         self.tensors[new] = info
         if producer is not None:
             del self._producer[old]
@@ -469,6 +505,7 @@ class Graph:
         other.outputs = list(self.outputs)
         other.initializers = dict(self.initializers)
         other.source = self.source
+        other.ir_version = self.ir_version
         other.version = self.version
         return other
 

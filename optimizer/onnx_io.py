@@ -68,7 +68,7 @@ def load(model: str | os.PathLike | onnx.ModelProto | Graph) -> Graph:
         raise NinoptError(f"{path} is not a readable ONNX model ({_first_line(exc)}).") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise NinoptError(f"{path} holds no ONNX graph (is it an ONNX model?).")
-    return _from_model(proto, base_dir=path.resolve().parent)
+    return _from_model(proto, base_dir=path.resolve().parent, label=str(path))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -76,11 +76,12 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _from_model(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
+def _from_model(model: onnx.ModelProto, base_dir: Path | None, label: str = "the model") -> Graph:
     opsets = {op.domain if op.domain != "ai.onnx" else "": op.version for op in model.opset_import}
     if not model.opset_import:
         opsets = {"": 1}
     graph = Graph(opsets)
+    graph.ir_version = model.ir_version
     shell = onnx.ModelProto()
     for desc, value in model.ListFields():
         if desc.name != "graph":
@@ -90,7 +91,13 @@ def _from_model(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
             _copy_field(shell.graph, desc.name, value, desc)
     source = Source(shell=shell, base_dir=base_dir, keepalive=model)
     graph.source = source
-    _fill_graph(graph, model.graph, source)
+    try:
+        _fill_graph(graph, model.graph, source)
+    except ValueError as exc:
+        raise NinoptError(f"{label} is not a valid graph: {exc}.") from None
+    problems = graph.check_invariants()
+    if problems:
+        raise NinoptError(f"{label} is not a valid graph: {problems[0]}.")
     return graph
 
 
@@ -229,6 +236,7 @@ def _rename_in(gp: onnx.GraphProto, old: str, new: str) -> None:
 def subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
     """A subgraph (If/Loop/Scan body) as a Graph with the parent's opsets; outer names stay unproduced reads."""
     graph = Graph(parent.opsets)
+    graph.ir_version = parent.ir_version
     source = Source(shell=onnx.ModelProto(), base_dir=getattr(parent.source, "base_dir", None), keepalive=gp)
     graph.source = source
     _fill_graph(graph, gp, source)
@@ -305,6 +313,10 @@ def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | 
         info = graph.tensors[name]
         gp.initializer.append(_initializer_proto(info, (external or {}).get(name)))
     gp.input.extend(_value_info(graph, name, source.input_info) for name in graph.inputs)
+    if model.ir_version < 4:  # IR v3 requires every initializer to be listed as a graph input too
+        listed = set(graph.inputs)
+        gp.input.extend(_value_info(graph, name, source.input_info) for name in graph.initializers
+                        if name not in listed)
     gp.output.extend(_value_info(graph, name, source.output_info) for name in graph.outputs)
     alive = set(graph.tensors)
     gp.value_info.extend(vi for name, vi in source.value_info.items() if name in alive and graph.producer(name) is not None)

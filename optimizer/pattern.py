@@ -93,10 +93,12 @@ def _match_node(g: Graph, pattern: OpPattern, node: Node, m: Match) -> bool:
         return False
     if any(n is node for n in m.nodes):
         return False
-    key = pattern.node or node.op_type
-    if key in m.bound_nodes:
-        return False
-    m.bound_nodes[key] = node
+    if pattern.node is not None:
+        if pattern.node in m.bound_nodes:
+            return False
+        m.bound_nodes[pattern.node] = node
+    else:
+        m.bound_nodes.setdefault(node.op_type, node)  # the first (outermost) node of each op type
     m.nodes.append(node)
     if pattern.out is not None and not _bind(m, pattern.out, node.outputs[0] if node.outputs else ""):
         return False

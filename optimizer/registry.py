@@ -60,13 +60,13 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     importlib.import_module("passes")
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()
-        except Exception as exc:  # a broken plug-in must not take the tool down
+        except Exception as exc:  # a broken plug-in: one sentence, every time it is asked for
             raise NinoptError(f"pass plug-in {entry.name!r} ({entry.value}) failed to load: {exc}.") from None
+    _loaded = True
 
 
 def all_passes() -> list[PassInfo]:

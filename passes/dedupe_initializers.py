@@ -18,7 +18,7 @@ class DedupeInitializers(Pass):
 
     def run(self, g, stats):
         groups: dict[tuple, list[str]] = {}
-        for name in g.initializers:
+        for name in g.removable_initializers():
             info = g.tensors[name]
             if info.const is not None and not g.is_graph_output(name):
                 groups.setdefault((info.elem_type, info.const.shape), []).append(name)

@@ -6,10 +6,14 @@ from optimizer.registry import register_pass
 
 @register_pass("eliminate-unused-initializers", exact=True)
 class EliminateUnusedInitializers(Pass):
-    """Drop initializers nothing reads (and, in IR v3 models, their graph-input entries)."""
+    """Drop initializers nothing reads (and, in IR v3 models, their graph-input entries).
+
+    From IR v4 on, an initializer that is also a graph input is an overridable default and
+    part of the model's interface, so it stays.
+    """
 
     def run(self, g, stats):
-        unused = [name for name in g.initializers if not g.num_uses(name)]
+        unused = [name for name in g.removable_initializers() if not g.num_uses(name)]
         stats.matches += len(unused)
         stats.rewrites += len(unused)
         for name in unused:
