@@ -1,0 +1,674 @@
+"""Cost model: per-node output shapes, MACs, parameters and activation bytes.
+
+Conventions (chosen so totals match the numbers model zoos quote, e.g. ~1.43 G MACs for
+Inception v1 and ~4.09 G for ResNet-50, and so passes compare exactly the work they trade):
+
+- ``macs`` counts multiply-accumulates of the linear-algebra ops only: Conv
+  (N·Cout·Hout·Wout·(Cin/groups)·kh·kw), ConvTranspose (N·Cin·Hin·Win·(Cout/groups)·kh·kw),
+  Gemm (M·N·K) and MatMul (batch·M·N·K). Bias additions, element-wise, normalization and
+  pooling ops are 0 MACs; their cost is visible as activation bytes instead.
+- ``params`` counts the elements of the constant inputs of Conv, ConvTranspose, Gemm,
+  MatMul and BatchNormalization. A tensor is constant when it is an initializer or a
+  Constant op, or is computed only from constants (the light zoo builds its weights with
+  ConstantOfShape). A tensor shared by several nodes counts once, at its first reader in
+  topological order.
+- ``activation_bytes`` counts the bytes of a node's outputs that are not constants.
+- A number that depends on an unknown or symbolic dimension is None (null in JSON). Totals
+  add the known numbers and ``CostReport.unknown`` names the nodes they leave out; pin
+  input dims with ``input_shapes`` to resolve them.
+
+Shapes come from this module's rules for the ops CNNs are made of (checked against
+onnxruntime in the tests), then from onnx shape inference with data propagation for
+everything else and for dims the rules leave open, then from the model's own value_info.
+The rules come first because onnx inference is wrong where it matters here (with
+ceil_mode it keeps a pooling window that would start in the end padding, which
+onnxruntime and PyTorch drop) and because it is slow on big graphs: it runs only when the
+rules leave a dim unknown. The rules also propagate the values of small integer tensors
+through shape-computing ops, so ConstantOfShape weights (the light zoo's) and computed
+Reshape targets resolve. Nothing is written back into the Graph: a round trip stays
+lossless and pinned input dims never leak into the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, shape_inference
+
+from optimizer import onnx_io
+from optimizer.errors import NinoptError
+from optimizer.ir import Dim, Graph, Node, dtype_to_elem_type, elem_type_to_dtype
+
+Shape = tuple[Dim, ...]
+
+#: Ops whose multiply-accumulates ``macs`` counts.
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: Ops whose constant inputs ``params`` counts.
+PARAM_OPS = MAC_OPS | {"BatchNormalization"}
+
+#: Values of integer tensors up to this size are propagated (shape computations are tiny).
+_MAX_VALUE_ELEMS = 64
+#: Initializers larger than this reach onnx shape inference as typed inputs without data,
+#: which keeps the inference model small (and under protobuf's 2 GiB limit).
+_INFERENCE_KEEP_BYTES = 4096
+#: Ops with inputs all constant whose output still is not a constant.
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                         "Multinomial", "Bernoulli"})
+
+_ShapeRule = Callable[[Node, list, list, int], Sequence]
+_ValueRule = Callable[[Node, list, list, int], "np.ndarray | None"]
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class NodeCost:
+    name: str
+    op_type: str
+    macs: int | None
+    params: int | None
+    output_shapes: list[Shape | None]
+    activation_bytes: int | None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op_type": self.op_type, "macs": self.macs, "params": self.params,
+                "output_shapes": [None if s is None else list(s) for s in self.output_shapes],
+                "activation_bytes": self.activation_bytes}
+
+
+@dataclass
+class CostReport:
+    nodes: list[NodeCost]
+    total_macs: int = field(init=False)
+    total_params: int = field(init=False)
+    total_activation_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total_macs = sum(n.macs or 0 for n in self.nodes)
+        self.total_params = sum(n.params or 0 for n in self.nodes)
+        self.total_activation_bytes = sum(n.activation_bytes or 0 for n in self.nodes)
+
+    @property
+    def unknown(self) -> list[str]:
+        """Nodes with a number the totals leave out because a dimension is unknown."""
+        return [n.name for n in self.nodes if None in (n.macs, n.params, n.activation_bytes)]
+
+    def to_dict(self) -> dict:
+        return {"total": {"macs": self.total_macs, "params": self.total_params,
+                          "activation_bytes": self.total_activation_bytes},
+                "nodes": [n.to_dict() for n in self.nodes]}
+
+
+@dataclass
+class _Facts:
+    shapes: dict[str, Shape | None]
+    elem_types: dict[str, int]
+    constants: set[str]
+
+
+# ---------------------------------------------------------------------- public API
+def analyze_costs(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None = None, *,
+                  use_onnx: bool = True) -> CostReport:
+    """Shapes, MACs, params and activation bytes of every node, in topological order."""
+    order = graph.toposort()
+    facts = _infer(graph, order, input_shapes, use_onnx)
+    counted: set[str] = set()
+    nodes = []
+    for node in order:
+        outputs = [o for o in node.outputs if o]
+        nodes.append(NodeCost(
+            name=node.name or (outputs[0] if outputs else ""),
+            op_type=node.op_type,
+            macs=node_macs(graph, node, facts.shapes),
+            params=_node_params(node, facts, counted),
+            output_shapes=[facts.shapes.get(o) if o else None for o in node.outputs],
+            activation_bytes=_sum_or_none(_nbytes(facts.shapes.get(o), facts.elem_types.get(o, 0))
+                                          for o in outputs if o not in facts.constants)))
+    return CostReport(nodes)
+
+
+def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None = None, *,
+                 use_onnx: bool = True) -> dict[str, Shape | None]:
+    """Shape of every tensor the graph reads or produces (None where unknown).
+
+    ``use_onnx=False`` never runs onnx shape inference: this module's rules and the model's
+    value_info alone.
+    """
+    return _infer(graph, graph.toposort(), input_shapes, use_onnx).shapes
+
+
+def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | None = None) -> int | None:
+    """Multiply-accumulates of one node: 0 for ops ``macs`` does not count, None when a dim is unknown.
+
+    Tensors missing from ``shapes`` fall back to the graph's tensor table, so a pass can
+    price a rewrite whose new tensors it has given shapes.
+    """
+    if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
+        return 0
+    shapes = shapes or {}
+
+    def shape(name: str) -> Shape | None:
+        return shapes[name] if name in shapes else graph.shape(name)
+
+    out = _numel(shape(node.outputs[0]))
+    try:
+        if node.op_type == "Conv":  # each output element reads (Cin/groups)·kh·kw weights
+            per_output = _numel(shape(node.inputs[1])[1:])
+            return None if out is None or per_output is None else out * per_output
+        if node.op_type == "ConvTranspose":  # each input element scatters into (Cout/groups)·kh·kw outputs
+            x, per_input = _numel(shape(node.inputs[0])), _numel(shape(node.inputs[1])[1:])
+            return None if x is None or per_input is None else x * per_input
+        a = shape(node.inputs[0])
+        if node.op_type == "Gemm":
+            k = a[0] if node.attr("transA", 0) else a[1]
+        else:
+            k = a[-1]
+    except (TypeError, IndexError):  # an input shape is unknown
+        return None
+    return out * k if out is not None and isinstance(k, int) else None
+
+
+# ---------------------------------------------------------------------- costs
+def _node_params(node: Node, facts: _Facts, counted: set[str]) -> int | None:
+    if node.op_type not in PARAM_OPS or node.domain not in ("", "ai.onnx"):
+        return 0
+    fresh = [t for t in dict.fromkeys(node.inputs) if t and t in facts.constants and t not in counted]
+    counted.update(fresh)
+    return _sum_or_none(_numel(facts.shapes.get(t)) for t in fresh)
+
+
+def _nbytes(shape: Shape | None, elem_type: int) -> int | None:
+    n, itemsize = _numel(shape), _itemsize(elem_type)
+    return None if n is None or itemsize is None else n * itemsize
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(elem_type: int) -> int | None:
+    dtype = elem_type_to_dtype(elem_type)
+    return None if dtype is None else dtype.itemsize
+
+
+def _numel(shape: Shape | None) -> int | None:
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return math.prod(shape)
+
+
+def _sum_or_none(values) -> int | None:
+    total = 0
+    for v in values:
+        if v is None:
+            return None
+        total += v
+    return total
+
+
+# ---------------------------------------------------------------------- inference driver
+def _infer(graph: Graph, order: list[Node], input_shapes: Mapping[str, Sequence[Dim]] | None,
+           use_onnx: bool) -> _Facts:
+    """Rules first; onnx shape inference only when they leave a dim unknown (it costs more than the rules)."""
+    pins = {name: tuple(d if d is None or isinstance(d, str) else int(d) for d in dims)
+            for name, dims in (input_shapes or {}).items()}
+    feeds = set(graph.feed_inputs())
+    for name in pins:
+        if name not in feeds:
+            raise NinoptError(f"cannot pin the shape of {name!r}: it is not an input the model is fed.")
+    facts = _propagate(graph, order, pins, {}, {})
+    if use_onnx and any(s is None or None in s for s in facts.shapes.values()):
+        facts = _propagate(graph, order, pins, *_onnx_shapes(graph, pins))
+    return facts
+
+
+def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_shapes: dict[str, Shape | None],
+               onnx_types: dict[str, int]) -> _Facts:
+    """One pass in topological order: shapes, element types, constness and small integer values."""
+    shapes: dict[str, Shape | None] = {}
+    types: dict[str, int] = {}
+    values: dict[str, np.ndarray] = {}
+    constants = set(graph.initializers)
+    for name in dict.fromkeys([*graph.inputs, *graph.initializers]):
+        shapes[name] = pins[name] if name in pins else _merge(onnx_shapes.get(name), graph.shape(name))
+        info = graph.tensors.get(name)
+        types[name] = (info.elem_type if info is not None else 0) or onnx_types.get(name, 0)
+        value = _small_int_const(graph, name)
+        if value is not None:
+            values[name] = value
+    opset = graph.opset()
+    for node in order:
+        outputs = node.outputs
+        ins = [shapes.get(t) if t else None for t in node.inputs]
+        vals = [values.get(t) for t in node.inputs]
+        standard = node.domain in ("", "ai.onnx")
+        ruled = (_apply(_SHAPE_RULES.get(node.op_type), node, ins, vals, opset) if standard else None) or ()
+        for i, out in enumerate(outputs):
+            if not out:
+                continue
+            table = None if pins else graph.tensors[out].shape
+            shapes[out] = _merge(ruled[i] if i < len(ruled) else None, onnx_shapes.get(out), table)
+            types[out] = onnx_types.get(out) or graph.tensors[out].elem_type or _rule_type(graph, node, i, types)
+        if (standard and node.op_type == "Constant") or (
+                node.inputs and not node.implicit_inputs and node.op_type not in _RANDOM_OPS
+                and all(t == "" or t in constants for t in node.inputs)):
+            constants.update(o for o in outputs if o)
+        if standard and outputs and outputs[0]:
+            value = _node_value(graph, node, ins, vals, opset)
+            if value is not None and value.dtype.kind in "iuO" and value.size <= _MAX_VALUE_ELEMS:
+                values[outputs[0]] = value
+    return _Facts(shapes, types, constants)
+
+
+def _node_value(graph: Graph, node: Node, ins: list, vals: list, opset: int) -> np.ndarray | None:
+    if node.op_type == "Constant":
+        return graph.const(node.outputs[0])
+    if node.op_type != "Shape" and any(v is None for v, t in zip(vals, node.inputs) if t):
+        return None
+    return _apply(_VALUE_RULES.get(node.op_type), node, ins, [v for v, t in zip(vals, node.inputs) if t], opset)
+
+
+def _apply(rule, node: Node, ins: list, vals: list, opset: int):
+    """Run a shape or value rule; a missing input shape or malformed attribute means unknown.
+
+    Rules read what they need directly: a None they index into or a bad attribute raises,
+    and that is an answer ("unknown"), not an error; the executor reports malformed models.
+    """
+    if rule is None:
+        return None
+    try:
+        return rule(node, ins, vals, opset)
+    except (TypeError, IndexError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _small_int_const(graph: Graph, name: str) -> np.ndarray | None:
+    """The value of a small integer constant, without loading large or float weights."""
+    const = graph.tensors[name].const if name in graph.tensors else None
+    if const is not None and (const.dtype is None or const.dtype.kind not in "iu" or const.shape is None
+                              or math.prod(const.shape) > _MAX_VALUE_ELEMS):
+        return None
+    value = graph.const(name)
+    return value if value is not None and value.dtype.kind in "iu" and value.size <= _MAX_VALUE_ELEMS else None
+
+
+def _fully_known(shape: Shape | None) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _merge(*candidates: Shape | None) -> Shape | None:
+    """Combine shape candidates in priority order: per dim an int beats a symbol beats None."""
+    known = [s for s in candidates if s is not None]
+    if not known:
+        return None
+    if _fully_known(known[0]):
+        return known[0]
+    mates = [s for s in known if len(s) == len(known[0])]
+    return tuple(_best_dim([s[i] for s in mates]) for i in range(len(known[0])))
+
+
+def _best_dim(dims: list[Dim]) -> Dim:
+    for kind in (int, str):
+        for d in dims:
+            if isinstance(d, kind):
+                return d
+    return None
+
+
+# ---------------------------------------------------------------------- onnx shape inference
+def _onnx_shapes(graph: Graph, pins: dict[str, Shape]) -> tuple[dict[str, Shape | None], dict[str, int]]:
+    """Shapes and element types from onnx shape inference; empty when it fails.
+
+    Runs on a copy without large weights (they become typed inputs). With pinned inputs the
+    model's own value_info and output shapes are dropped, since they may contradict the pins.
+    """
+    model = onnx_io.to_model_proto(graph)
+    gp = model.graph
+    large = {name for name in graph.initializers if graph.tensors[name].const.nbytes > _INFERENCE_KEEP_BYTES}
+    if large:
+        kept = [t for t in gp.initializer if t.name not in large]
+        del gp.initializer[:]
+        gp.initializer.extend(kept)
+        listed = set(graph.inputs)
+        gp.input.extend(helper.make_tensor_value_info(name, graph.tensors[name].elem_type, graph.shape(name))
+                        for name in graph.initializers if name in large and name not in listed)
+    if pins:
+        del gp.value_info[:]
+        for vi in gp.output:
+            vi.type.tensor_type.ClearField("shape")
+        for vi in gp.input:
+            if vi.name in pins:
+                dims = vi.type.tensor_type.shape.dim
+                del dims[:]
+                for d in pins[vi.name]:
+                    dim = dims.add()
+                    if isinstance(d, int):
+                        dim.dim_value = d
+                    elif isinstance(d, str):
+                        dim.dim_param = d
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
+        return {}, {}
+    shapes: dict[str, Shape | None] = {}
+    types: dict[str, int] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        types[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                    for d in tt.shape.dim)
+    return shapes, types
+
+
+# ---------------------------------------------------------------------- element types
+_INT64, _BOOL = TensorProto.INT64, TensorProto.BOOL
+_OUTPUT_TYPES = {("Shape", 0): _INT64, ("Size", 0): _INT64, ("ArgMax", 0): _INT64, ("ArgMin", 0): _INT64,
+                 ("NonZero", 0): _INT64, ("TopK", 1): _INT64, ("MaxPool", 1): _INT64, ("Dropout", 1): _BOOL,
+                 **{(op, 0): _BOOL for op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+                                               "And", "Or", "Xor", "Not", "IsNaN", "IsInf")}}
+
+
+def _rule_type(graph: Graph, node: Node, index: int, types: dict[str, int]) -> int:
+    """Element type of an output onnx inference did not type: fixed by the op, else the first input's."""
+    op = node.op_type
+    if (op, index) in _OUTPUT_TYPES:
+        return _OUTPUT_TYPES[op, index]
+    if op == "Cast":
+        return int(node.attr("to", 0))
+    if op == "Constant":
+        value = graph.const(node.outputs[0])
+        return 0 if value is None else dtype_to_elem_type(value.dtype)
+    if op == "ConstantOfShape":  # float32 zeros unless the value attribute says otherwise
+        value = node.attr("value")
+        return TensorProto.FLOAT if value is None else dtype_to_elem_type(value.dtype)
+    data = node.inputs[1] if op == "Where" else (node.inputs[0] if node.inputs else "")
+    return types.get(data, 0)
+
+
+# ---------------------------------------------------------------------- dim arithmetic
+def _prod(dims: Sequence[Dim]) -> Dim:
+    """Product of dims; one symbol times ones stays that symbol, anything else unknown is None."""
+    total, symbol = 1, None
+    for d in dims:
+        if isinstance(d, int):
+            total *= d
+        elif isinstance(d, str) and symbol is None:
+            symbol = d
+        else:
+            return None
+    if symbol is None:
+        return total
+    return symbol if total == 1 else None
+
+
+def _broadcast(shapes: Sequence[Shape]) -> Shape:
+    """Numpy-style multidirectional broadcasting over possibly unknown dims."""
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    return tuple(_broadcast_dim([s[i] for s in padded]) for i in range(rank))
+
+
+def _broadcast_dim(dims: list[Dim]) -> Dim:
+    others = {d for d in dims if d != 1}
+    ints = {d for d in others if isinstance(d, int)}
+    if ints:
+        return ints.pop() if len(ints) == 1 else None
+    if not others:
+        return 1
+    return others.pop() if len(others) == 1 else None  # one symbol; None if unknown or symbols differ
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _window(size: Dim, kernel: Dim, stride: int, dilation: int, pad_begin: int, pad_end: int,
+            auto_pad: str, ceil_mode: bool) -> Dim:
+    """Output size of a sliding window (Conv, pooling) along one spatial axis."""
+    if not isinstance(size, int) or not isinstance(kernel, int):
+        return None
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return -(-size // stride)
+    if auto_pad == "VALID":
+        pad_begin = pad_end = 0
+    span = size + pad_begin + pad_end - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad_begin else out  # no window may start in the end padding
+
+
+def _spatial(node: Node, sizes: Shape, kernel: Sequence[Dim]) -> Shape:
+    n = len(sizes)
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    pads = node.attr("pads") or [0] * (2 * n)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    ceil_mode = bool(node.attr("ceil_mode", 0))
+    return tuple(_window(sizes[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n], auto_pad, ceil_mode)
+                 for i in range(n))
+
+
+# ---------------------------------------------------------------------- shape rules
+# Each takes (node, input shapes, input values, opset) and returns one shape per output.
+def _same(node, ins, vals, opset):
+    return [ins[0]] * len(node.outputs)
+
+
+def _elementwise(node, ins, vals, opset):
+    return [_broadcast([s for s, t in zip(ins, node.inputs) if t])]
+
+
+def _batchnorm(node, ins, vals, opset):
+    x = ins[0]
+    return [x] + [(x[1],)] * (len(node.outputs) - 1)  # training outputs are per channel
+
+
+def _conv(node, ins, vals, opset):
+    x, w = ins[0], ins[1]
+    kernel = node.attr("kernel_shape") or (w[2:] if w is not None else [None] * (len(x) - 2))
+    return [(x[0], None if w is None else w[0], *_spatial(node, x[2:], kernel))]
+
+
+def _conv_transpose(node, ins, vals, opset):
+    x, w = ins[0], ins[1]
+    n = len(x) - 2
+    group = node.attr("group", 1)
+    cout = w[1] * group if w is not None and isinstance(w[1], int) else None
+    if node.attr("output_shape"):
+        return [(x[0], cout, *node.attr("output_shape")[-n:])]
+    kernel = node.attr("kernel_shape") or w[2:]
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    out_pad = node.attr("output_padding") or [0] * n
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    pads = [0] * (2 * n) if auto_pad == "VALID" else (node.attr("pads") or [0] * (2 * n))
+    sizes = []
+    for i, size in enumerate(x[2:]):
+        if not isinstance(size, int) or not isinstance(kernel[i], int):
+            sizes.append(None)
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            sizes.append(size * strides[i])
+        else:
+            sizes.append(strides[i] * (size - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1
+                         - pads[i] - pads[i + n])
+    return [(x[0], cout, *sizes)]
+
+
+def _pool(node, ins, vals, opset):
+    x = ins[0]
+    y = (x[0], x[1], *_spatial(node, x[2:], node.attr("kernel_shape")))
+    return [y] * len(node.outputs)  # MaxPool's Indices has the output's shape
+
+
+def _global_pool(node, ins, vals, opset):
+    x = ins[0]
+    return [(x[0], x[1], *[1] * (len(x) - 2))]
+
+
+def _gemm(node, ins, vals, opset):
+    a, b = ins[0], ins[1]
+    return [(a[1] if node.attr("transA", 0) else a[0], b[0] if node.attr("transB", 0) else b[1])]
+
+
+def _matmul(node, ins, vals, opset):
+    a, b = ins[0], ins[1]
+    a2 = (1, *a) if len(a) == 1 else a
+    b2 = (*b, 1) if len(b) == 1 else b
+    out = (*_broadcast([a2[:-2], b2[:-2]]), a2[-2], b2[-1])
+    if len(b) == 1:
+        out = out[:-1]
+    if len(a) == 1:
+        out = out[:-2] + out[-1:] if len(b) > 1 else out[:-1]
+    return [out]
+
+
+def _reshape(node, ins, vals, opset):
+    x, target = ins[0], list(_dims_of(vals[1]))
+    keep_zero = node.attr("allowzero", 0)
+    out: list[Dim] = [x[i] if d == 0 and not keep_zero else d for i, d in enumerate(target)]
+    if -1 in out:
+        numerator, denominator = list(x), []
+        for d in out:
+            if d == -1:
+                continue
+            if isinstance(d, str) and d in numerator:
+                numerator.remove(d)  # symbols cancel
+            else:
+                denominator.append(d)
+        p, q = _prod(numerator), _prod(denominator)
+        out[out.index(-1)] = p // q if isinstance(p, int) and isinstance(q, int) and q else (p if q == 1 else None)
+    return [tuple(out)]
+
+
+def _flatten(node, ins, vals, opset):
+    x = ins[0]
+    axis = _axis(node.attr("axis", 1), len(x))
+    return [(_prod(x[:axis]), _prod(x[axis:]))]
+
+
+def _concat(node, ins, vals, opset):
+    shapes = [s for s, t in zip(ins, node.inputs) if t]
+    axis = _axis(node.attr("axis"), len(shapes[0]))
+    sizes = [s[axis] for s in shapes]
+    out = list(_merge(*shapes))
+    out[axis] = sum(sizes) if all(isinstance(d, int) for d in sizes) else None
+    return [tuple(out)]
+
+
+def _transpose(node, ins, vals, opset):
+    x = ins[0]
+    perm = node.attr("perm") or list(reversed(range(len(x))))
+    return [tuple(x[p] for p in perm)]
+
+
+def _axes_of(node, vals, opset):
+    """Unsqueeze/Squeeze axes: an attribute before opset 13, an optional input from 13."""
+    if opset < 13:
+        return node.attr("axes")
+    return None if len(node.inputs) < 2 or not node.inputs[1] else [int(a) for a in vals[1]]
+
+
+def _unsqueeze(node, ins, vals, opset):
+    x = ins[0]
+    axes = _axes_of(node, vals, opset)
+    rank = len(x) + len(axes)
+    out = list(x)
+    for axis in sorted(_axis(a, rank) for a in axes):  # axes index the output
+        out.insert(axis, 1)
+    return [tuple(out)]
+
+
+def _squeeze(node, ins, vals, opset):
+    x = ins[0]
+    axes = _axes_of(node, vals, opset)
+    if axes is None:
+        if not _fully_known(x):
+            return [None]  # which dims are 1 is not known
+        return [tuple(d for d in x if d != 1)]
+    dropped = {_axis(a, len(x)) for a in axes}
+    return [tuple(d for i, d in enumerate(x) if i not in dropped)]
+
+
+def _constant_of_shape(node, ins, vals, opset):
+    if vals[0] is not None:
+        return [_dims_of(vals[0])]
+    return [(None,) * ins[0][0]]  # rank known from the shape input's length
+
+
+def _dims_of(value: np.ndarray) -> Shape:
+    """A shape-valued tensor as dims (symbols stay strs)."""
+    return tuple(d if isinstance(d, str) else int(d) for d in value.tolist())
+
+
+def _shape(node, ins, vals, opset):
+    return [(len(_shape_slice(node, ins[0])),)]
+
+
+def _shape_slice(node, x: Shape) -> Shape:
+    return tuple(x)[slice(node.attr("start", 0), node.attr("end"))]
+
+
+def _gather(node, ins, vals, opset):
+    data, indices = ins[0], ins[1]
+    axis = _axis(node.attr("axis", 0), len(data))
+    return [(*data[:axis], *indices, *data[axis + 1:])]
+
+
+_SAME_SHAPE_OPS = (
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
+    "Softplus", "Softsign", "Softmax", "LogSoftmax", "Hardmax", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Erf", "Not", "Identity", "Cast", "Dropout", "LRN",
+    "InstanceNormalization", "Mish", "Gelu", "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Sin", "Cos",
+    "MeanVarianceNormalization")
+_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Mod", "Sum", "Max", "Min", "Mean", "Equal", "Less",
+                  "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift")
+
+_SHAPE_RULES: dict[str, _ShapeRule] = {
+    **dict.fromkeys(_SAME_SHAPE_OPS, _same), **dict.fromkeys(_BROADCAST_OPS, _elementwise),
+    "BatchNormalization": _batchnorm, "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "MaxPool": _pool, "AveragePool": _pool, "LpPool": _pool,
+    "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool, "GlobalLpPool": _global_pool,
+    "Gemm": _gemm, "MatMul": _matmul, "Reshape": _reshape, "Flatten": _flatten, "Concat": _concat,
+    "Transpose": _transpose, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze,
+    "ConstantOfShape": _constant_of_shape, "Shape": _shape, "Gather": _gather,
+}
+
+# ---------------------------------------------------------------------- value rules
+# Values of small integer tensors, for the shape computations exporters emit
+# (Shape -> Gather -> Unsqueeze -> Concat -> Reshape). A shape with symbolic dims is an
+# object array holding ints and strs. Shape reads its input's shape; the others run only
+# when every input value is known.
+def _shape_value(node, ins, vals, opset):
+    dims = _shape_slice(node, ins[0])
+    if _fully_known(dims):
+        return np.array(dims, dtype=np.int64)
+    return None if None in dims else np.array(dims, dtype=object)  # symbols ride along
+
+
+def _cast_value(node, ins, vals, opset):
+    dtype = elem_type_to_dtype(node.attr("to"))
+    if vals[0].dtype == object:  # a shape with symbols stays one through an integer cast
+        return vals[0] if dtype is not None and dtype.kind in "iu" else None
+    return vals[0].astype(dtype)
+
+
+def _squeeze_value(node, ins, vals, opset):
+    axes = _axes_of(node, vals, opset)
+    return np.squeeze(vals[0], None if axes is None else tuple(axes))
+
+
+_VALUE_RULES: dict[str, _ValueRule] = {
+    "Shape": _shape_value,
+    "Gather": lambda node, ins, vals, opset: np.asarray(np.take(vals[0], vals[1], axis=node.attr("axis", 0)),
+                                                        dtype=vals[0].dtype),
+    "Unsqueeze": lambda node, ins, vals, opset: np.expand_dims(vals[0], tuple(_axes_of(node, vals, opset))),
+    "Squeeze": _squeeze_value,
+    "Concat": lambda node, ins, vals, opset: np.concatenate(vals, axis=node.attr("axis")),
+    "Cast": _cast_value,
+    "Identity": lambda node, ins, vals, opset: vals[0],
+}
