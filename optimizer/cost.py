@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto
 
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
@@ -55,7 +54,6 @@ PARAM_OPS = MAC_OPS | {"BatchNormalization"}
 _MAX_VALUE_ELEMS = 64
 #: Initializers larger than this reach onnx shape inference as typed inputs without data,
 #: which keeps the inference model small (and under protobuf's 2 GiB limit).
-_INFERENCE_KEEP_BYTES = 4096
 #: Ops with inputs all constant whose output still is not a constant.
 _RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                          "Multinomial", "Bernoulli"})
@@ -219,7 +217,7 @@ def _infer(graph: Graph, order: list[Node], input_shapes: Mapping[str, Sequence[
             raise NinoptError(f"cannot pin the shape of {name!r}: it is not an input the model is fed.")
     facts = _propagate(graph, order, pins, {}, {})
     if use_onnx and any(s is None or None in s for s in facts.shapes.values()):
-        facts = _propagate(graph, order, pins, *_onnx_shapes(graph, pins))
+        facts = _propagate(graph, order, pins, *onnx_io.inferred_shapes(graph, pins))
     return facts
 
 
@@ -314,54 +312,6 @@ def _best_dim(dims: list[Dim]) -> Dim:
             if isinstance(d, kind):
                 return d
     return None
-
-
-# ---------------------------------------------------------------------- onnx shape inference
-def _onnx_shapes(graph: Graph, pins: dict[str, Shape]) -> tuple[dict[str, Shape | None], dict[str, int]]:
-    """Shapes and element types from onnx shape inference; empty when it fails.
-
-    Runs on a copy without large weights (they become typed inputs). With pinned inputs the
-    model's own value_info and output shapes are dropped, since they may contradict the pins.
-    """
-    model = onnx_io.to_model_proto(graph)
-    gp = model.graph
-    large = {name for name in graph.initializers if graph.tensors[name].const.nbytes > _INFERENCE_KEEP_BYTES}
-    if large:
-        kept = [t for t in gp.initializer if t.name not in large]
-        del gp.initializer[:]
-        gp.initializer.extend(kept)
-        listed = set(graph.inputs)
-        gp.input.extend(helper.make_tensor_value_info(name, graph.tensors[name].elem_type, graph.shape(name))
-                        for name in graph.initializers if name in large and name not in listed)
-    if pins:
-        del gp.value_info[:]
-        for vi in gp.output:
-            vi.type.tensor_type.ClearField("shape")
-        for vi in gp.input:
-            if vi.name in pins:
-                dims = vi.type.tensor_type.shape.dim
-                del dims[:]
-                for d in pins[vi.name]:
-                    dim = dims.add()
-                    if isinstance(d, int):
-                        dim.dim_value = d
-                    elif isinstance(d, str):
-                        dim.dim_param = d
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
-        return {}, {}
-    shapes: dict[str, Shape | None] = {}
-    types: dict[str, int] = {}
-    for vi in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
-        if not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        types[vi.name] = tt.elem_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                    for d in tt.shape.dim)
-    return shapes, types
 
 
 # ---------------------------------------------------------------------- element types

@@ -296,8 +296,14 @@ def _external_location(tp: onnx.TensorProto, source: Source) -> tuple[Path, int,
 
 
 # ---------------------------------------------------------------------- exporting
-def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | None = None) -> onnx.ModelProto:
-    """The Graph as a ModelProto; ``external`` maps initializer names to (location, offset, length) to write by reference."""
+def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | None = None,
+                   max_weight_bytes: int | None = None) -> onnx.ModelProto:
+    """The Graph as a ModelProto.
+
+    ``external`` maps initializer names to (location, offset, length) to write by reference;
+    with ``max_weight_bytes``, larger initializers are left out and become typed graph inputs
+    (for analyses such as shape inference that need no weight values).
+    """
     source: Source = graph.source or Source(shell=_default_shell(graph))
     model = onnx.ModelProto()
     model.CopyFrom(source.shell)
@@ -309,18 +315,58 @@ def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | 
     gp = model.graph
     nodes = graph.toposort()
     gp.node.extend(_node_proto(n) for n in nodes)
+    left_out: list[str] = []
     for name in graph.initializers:
         info = graph.tensors[name]
+        if max_weight_bytes is not None and info.const.nbytes > max_weight_bytes:
+            left_out.append(name)
+            continue
         gp.initializer.append(_initializer_proto(info, (external or {}).get(name)))
     gp.input.extend(_value_info(graph, name, source.input_info) for name in graph.inputs)
+    listed = set(graph.inputs)
+    gp.input.extend(_value_info(graph, name, {}) for name in left_out if name not in listed)
     if model.ir_version < 4:  # IR v3 requires every initializer to be listed as a graph input too
-        listed = set(graph.inputs)
         gp.input.extend(_value_info(graph, name, source.input_info) for name in graph.initializers
-                        if name not in listed)
+                        if name not in listed and name not in left_out)
     gp.output.extend(_value_info(graph, name, source.output_info) for name in graph.outputs)
     alive = set(graph.tensors)
     gp.value_info.extend(vi for name, vi in source.value_info.items() if name in alive and graph.producer(name) is not None)
     return model
+
+
+#: Initializers larger than this are left out of the model that shape inference reads.
+_INFERENCE_KEEP_BYTES = 4096
+
+
+def inferred_shapes(graph: Graph, pins: dict[str, tuple] | None = None) -> tuple[dict[str, tuple | None], dict[str, int]]:
+    """Shapes and element types from onnx shape inference; empty when it fails.
+
+    Runs on a copy without large weights (they become typed inputs). With pinned input
+    shapes, the model's own value_info and output shapes are dropped, since they may
+    contradict the pins.
+    """
+    model = to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES)
+    gp = model.graph
+    if pins:
+        del gp.value_info[:]
+        for vi in gp.output:
+            vi.type.tensor_type.ClearField("shape")
+        for vi in gp.input:
+            if vi.name in pins:
+                vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, pins[vi.name]))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
+        return {}, {}
+    shapes: dict[str, tuple | None] = {}
+    types: dict[str, int] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
+        if vi.type.HasField("tensor_type"):
+            tt = vi.type.tensor_type
+            types[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
+    return shapes, types
 
 
 def _default_shell(graph: Graph) -> onnx.ModelProto:
