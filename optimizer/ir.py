@@ -13,6 +13,7 @@ original protobuf of untouched nodes and initializers) is carried in ``Graph.sou
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -161,6 +162,7 @@ class Graph:
         self.source: Any = None
         #: bumped by every mutation; the pass manager compares it to detect a fixpoint
         self.version = 0
+        self._topo_cache: tuple[int, list[Node]] | None = None
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -253,8 +255,36 @@ class Graph:
         return [name for name in self.initializers if self._fixed_initializer(name)]
 
     def toposort(self) -> list[Node]:
-        """Nodes in a topological order that keeps the original order wherever it can."""
-        return [self._nodes[nid] for nid in nx.lexicographical_topological_sort(self._g)]
+        """Nodes in a topological order that keeps the original order wherever it can.
+
+        Kahn's algorithm with the smallest ready id first, over the facade's own indexes
+        (several times faster than networkx's lexicographic sort on 100k-node graphs);
+        cached until the next mutation. Raises ValueError on a cycle.
+        """
+        if self._topo_cache is not None and self._topo_cache[0] == self.version:
+            return list(self._topo_cache[1])
+        waiting: dict[int, int] = {}
+        readers: dict[int, list[int]] = {}
+        producer = self._producer
+        for nid, node in self._nodes.items():
+            preds = {producer[t] for t in itertools.chain(node.inputs, node.implicit_inputs) if t in producer}
+            waiting[nid] = len(preds)
+            for pred in preds:
+                readers.setdefault(pred, []).append(nid)
+        ready = [nid for nid, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
+        order: list[Node] = []
+        while ready:
+            nid = heapq.heappop(ready)
+            order.append(self._nodes[nid])
+            for reader in readers.get(nid, ()):
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    heapq.heappush(ready, reader)
+        if len(order) != len(self._nodes):
+            raise ValueError("the graph has a cycle")
+        self._topo_cache = (self.version, order)
+        return list(order)
 
     def has_path(self, src: Node, dst: Node) -> bool:
         return nx.has_path(self._g, src.id, dst.id)
@@ -459,7 +489,9 @@ class Graph:
     def check_invariants(self) -> list[str]:
         """Structural problems, each a sentence; empty when the graph is well formed."""
         problems: list[str] = []
-        if not nx.is_directed_acyclic_graph(self._g):
+        try:
+            self.toposort()
+        except ValueError:
             cycle = nx.find_cycle(self._g)
             problems.append("the graph has a cycle through " + ", ".join(repr(self._nodes[u]) for u, *_ in cycle))
         produced: dict[str, Node] = {}
