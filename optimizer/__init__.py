@@ -6,11 +6,13 @@ Library entry points mirror the CLI::
     result = optimizer.optimize("model.onnx")       # default exact pipeline, verified
     result.save("model.opt.onnx")
     costs = optimizer.analyze("model.onnx")          # per-node MACs, params, shapes
+    outputs = optimizer.run("model.onnx", {"data": x})
+    report = optimizer.verify("model.onnx", "model.opt.onnx")
 """
 
-from optimizer.api import OptimizeResult, analyze, load, optimize, save
+from optimizer.api import OptimizeResult, analyze, load, optimize, run, save, verify
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph, Node
 
 __all__ = ["Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze", "load", "optimize",
-           "save"]
+           "run", "save", "verify"]

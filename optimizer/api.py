@@ -96,25 +96,47 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
              tolerance: float = EXACT_TOLERANCE, seed: int = 0) -> OptimizeResult:
     """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
 
-    The input model is never changed: the pipeline works on its own copy. Raises
-    VerificationError (naming the output and its error) when the result drifts beyond
-    ``tolerance`` relative error on any output.
+    The input is never changed: a Graph argument is copied first; a path or ModelProto is
+    loaded fresh. Verification runs the model once before the passes (the reference) and
+    once after, on the same inputs (``inputs``, else seeded random ones), and raises
+    VerificationError, naming the output and its error, when any output's relative error
+    max |d| / max |y| exceeds ``tolerance``.
     """
-    original = load(model)
-    graph = original.copy()
+    from optimizer.executor import Executor
+    from optimizer.verify import prepare_feeds, within_relative_error
+
+    graph = load(model)
+    if graph is model:
+        graph = graph.copy()
     names = resolve_passes(passes)
-    before = GraphSummary.of(original, shapes)
+    before = GraphSummary.of(graph, shapes)
+    if verify:
+        feeds, used_seed = prepare_feeds(graph, inputs, shapes, seed)
+        reference = Executor(graph).run(feeds)
     report = PassManager([get_pass(n).create() for n in names]).run(graph)
     after = GraphSummary.of(graph, shapes)
     verification = None
     if verify:
-        from optimizer.verify import verify as verify_graphs
-
-        verification = verify_graphs(original, graph, inputs=inputs, shapes=shapes, seed=seed,
-                                     max_relative_error=tolerance)
+        verification = within_relative_error(reference, Executor(graph).run(feeds), tolerance, feeds, used_seed)
         if not verification.passed:
-            raise VerificationError(verification.failures()[0] + " The optimized model was not written.")
+            worst = max(verification.failures(), key=lambda o: o.max_rel)
+            raise VerificationError(f"the optimized model fails verification: output {worst.name!r} is off by "
+                                    f"relative {worst.max_rel:.3g} (allowed {tolerance:g}); nothing was written.")
     return OptimizeResult(graph, report, before, after, verification, names)
+
+
+def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a model on the reference executor: graph outputs by name."""
+    from optimizer.executor import run as run_graph
+
+    return run_graph(load(model), feeds)
+
+
+def verify(reference: ModelLike, candidate: ModelLike, **options):
+    """Compare two models on the same inputs (see ``optimizer.verify.verify`` for the options)."""
+    from optimizer.verify import verify as verify_graphs
+
+    return verify_graphs(load(reference), load(candidate), **options)
 
 
 def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None = None):

@@ -6,10 +6,12 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +22,8 @@ EXAMPLES = {
     "optimize": "example: ninopt optimize fixtures/inception_module.onnx -o out.onnx --json",
     "analyze": "example: ninopt analyze fixtures/inception_module.onnx --csv costs.csv",
     "passes": "example: ninopt passes --json",
+    "run": "example: ninopt run fixtures/inception_module.onnx --inputs fixtures/inception_module_inputs.npz -o y.npz",
+    "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
 }
 
 
@@ -39,6 +43,17 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     if not sep or not name or not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"expected NAME:DIMxDIM..., e.g. data:1x3x224x224, got {text!r}")
     return name, shape
+
+
+def _tolerance_arg(text: str) -> tuple[str | None, float]:
+    name, sep, value = text.rpartition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VALUE or OUTPUT:VALUE, e.g. 1e-5 or logits:1e-3, got {text!r}")
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"a tolerance cannot be negative, got {text!r}")
+    return (name if sep else None), number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("run", help="run a model on the reference executor", epilog=EXAMPLES["run"])
+    p.add_argument("model")
+    p.add_argument("--inputs", help="a .npz of inputs keyed by input name (default: seeded random inputs)")
+    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz, keyed by output name")
+    p.add_argument("--json", action="store_true", help="print a summary of each output as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
+    p.add_argument("reference", help="the reference model (usually the original)")
+    p.add_argument("candidate", help="the model to check against it")
+    p.add_argument("--inputs", help="a .npz of inputs (default: seeded random inputs that respect dtypes)")
+    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--atol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
+                   help="absolute tolerance, for all outputs or one (repeatable; default 1e-5)")
+    p.add_argument("--rtol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
+                   help="relative tolerance, for all outputs or one (repeatable; default 1e-5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("passes", help="list the available passes", epilog=EXAMPLES["passes"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_passes)
@@ -101,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def _console() -> Console:
+    """A console as wide as the terminal, or 140 columns when piped, so tables are not squeezed."""
+    return Console(width=shutil.get_terminal_size((140, 24)).columns)
+
+
 def _error(message: str) -> None:
     print(f"ninopt: error: {message}", file=sys.stderr)
 
@@ -108,8 +150,6 @@ def _error(message: str) -> None:
 def _load_inputs(path: str | None):
     if path is None:
         return None
-    import numpy as np
-
     if not Path(path).is_file():
         raise NinoptError(f"inputs file {path} does not exist.")
     try:
@@ -135,7 +175,7 @@ def cmd_optimize(args) -> int:
 
 
 def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
-    console = Console()
+    console = _console()
     table = Table(title="passes")
     for col in ("pass", "rewrites", "refusals", "seconds"):
         table.add_column(col, justify="left" if col in ("pass", "refusals") else "right")
@@ -146,7 +186,7 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
     b, a = result.before, result.after
     console.print(f"nodes {b.nodes} -> {a.nodes}, MACs {b.macs:,} -> {a.macs:,}, params {b.params:,} -> {a.params:,}")
     if result.verification is not None:
-        worst = max((o.max_relative for o in result.verification.outputs), default=0.0)
+        worst = max((o.max_rel for o in result.verification.outputs), default=0.0)
         console.print(f"verified: largest relative error {worst:.3g} over {len(result.verification.outputs)} output(s)")
     else:
         console.print("not verified (--no-verify)")
@@ -161,7 +201,7 @@ def cmd_analyze(args) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    console = Console()
+    console = _console()
     table = Table(title=f"costs of {args.model}")
     for col in ("node", "op", "output shapes", "MACs", "params"):
         table.add_column(col, justify="right" if col in ("MACs", "params") else "left")
@@ -188,6 +228,71 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
                              row["macs"], row["params"], row.get("activation_bytes", "")])
 
 
+def cmd_run(args) -> int:
+    from optimizer.executor import Executor
+    from optimizer.verify import prepare_feeds
+
+    graph = api.load(args.model)
+    executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
+    feeds, _ = prepare_feeds(graph, _load_inputs(args.inputs), dict(args.shape) or None, args.seed)
+    outputs = executor.run(feeds)
+    if args.output:
+        from optimizer.onnx_io import atomic_writer
+
+        with atomic_writer(args.output) as f:
+            np.savez(f, **outputs)
+    summary = [{"name": name, "shape": list(value.shape), "dtype": str(value.dtype),
+                "min": _finite(value.min()) if value.size else None, "max": _finite(value.max()) if value.size else None}
+               for name, value in outputs.items()]
+    if args.json:
+        print(json.dumps({"outputs": summary, "written": args.output}, indent=2))
+        return 0
+    table = Table(title=f"outputs of {args.model}")
+    for col in ("output", "shape", "dtype", "min", "max"):
+        table.add_column(col)
+    for row in summary:
+        table.add_row(row["name"], _fmt_shape(row["shape"]), row["dtype"], f"{row['min']:.6g}" if row["min"] is not None
+                      else "", f"{row['max']:.6g}" if row["max"] is not None else "")
+    _console().print(table)
+    if args.output:
+        _console().print(f"wrote {args.output}")
+    return 0
+
+
+def _finite(value) -> float | str:
+    value = float(value)
+    return value if np.isfinite(value) else str(value)
+
+
+def cmd_verify(args) -> int:
+    defaults = {"atol": 1e-5, "rtol": 1e-5}
+    per_output: dict[str, dict[str, float]] = {"atol": {}, "rtol": {}}
+    for kind in ("atol", "rtol"):
+        for name, value in getattr(args, kind):
+            if name is None:
+                defaults[kind] = value
+            else:
+                per_output[kind][name] = value
+    report = api.verify(args.reference, args.candidate, inputs=_load_inputs(args.inputs),
+                        shapes=dict(args.shape) or None, seed=args.seed, atol=defaults["atol"], rtol=defaults["rtol"],
+                        per_output_atol=per_output["atol"], per_output_rtol=per_output["rtol"])
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{args.candidate} against {args.reference}")
+        for col in ("output", "verdict", "max |d|", "max rel d", "cosine", "argmax agree", "min atol", "min rtol"):
+            table.add_column(col)
+        for o in report.outputs:
+            table.add_row(o.name, "pass" if o.passed else "FAIL", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                          f"{o.cosine:.6f}", "" if o.argmax_agreement is None else f"{o.argmax_agreement:.3f}",
+                          f"{o.min_atol:.3g}", f"{o.min_rtol:.3g}")
+        _console().print(table)
+    if not report.passed:
+        _error(report.failures()[0].message)
+        return 1
+    return 0
+
+
 def cmd_passes(args) -> int:
     from optimizer.registry import all_passes
 
@@ -201,7 +306,7 @@ def cmd_passes(args) -> int:
         table.add_column(col)
     for p in infos:
         table.add_row(p.name, "yes" if p.exact else "no", "yes" if p.default else "no", p.doc)
-    Console().print(table)
+    _console().print(table)
     return 0
 
 

@@ -232,6 +232,10 @@ class Graph:
             return _constant_attr_value(node.attrs)
         return None
 
+    def initializer_value(self, name: str) -> np.ndarray:
+        """An initializer's stored value, also when it is an overridable default (IR >= 4 graph input)."""
+        return self.tensors[name].const.value
+
     def _fixed_initializer(self, tensor: str) -> bool:
         """An initializer a caller cannot override (IR v3 lists every initializer as an input; later IRs do not)."""
         return tensor in self.initializers and (self.ir_version < 4 or tensor not in self.inputs)

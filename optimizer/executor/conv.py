@@ -1,0 +1,151 @@
+"""Conv, ConvTranspose and com.microsoft FusedConv as BLAS work.
+
+* 1x1, stride 1, no padding: one matmul on the input as it lies.
+* depthwise (one input channel per group): a multiply-add per kernel tap, vectorized over
+  batch, channels and pixels.
+* everything else: im2col in bands of output rows, one batched matmul per band. The band
+  height is chosen per shape so the column buffer stays near ``IM2COL_BYTES`` (cache-sized
+  buffers beat one huge buffer, and peak memory stays close to the output's own size).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from optimizer.executor.elementwise import ACTIVATIONS
+from optimizer.executor.registry import kernel
+from optimizer.executor.window import Window, pad_for, window
+
+IM2COL_BYTES = 8 << 20
+
+
+def conv(ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """ONNX Conv for any number of spatial axes."""
+    group = int(ctx.attr("group", 1))
+    kernel_shape = tuple(ctx.attr("kernel_shape") or w.shape[2:])
+    win = window(ctx, x.shape[2:], kernel_shape)
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    if c != w.shape[1] * group or m % group:
+        raise ValueError(f"input has {c} channels but the weights expect {w.shape[1]} x {group} groups")
+    out_shape = (n, m) + win.out
+    ctx.guard(out_shape, x.dtype)
+    w = w.astype(x.dtype, copy=False)
+    xp = pad_for(x, win)
+    if group == c and group > 1:
+        y = _depthwise(xp, w, win)
+    elif all(k == 1 for k in win.kernel) and all(s == 1 for s in win.strides):
+        cols = np.ascontiguousarray(xp[(Ellipsis,) + win.tap_slices((0,) * len(win.out))])
+        y = np.matmul(w.reshape(group, m // group, c // group), cols.reshape(n, group, c // group, -1))
+    else:
+        y = _im2col_conv(ctx, xp, w, win, group)
+    y = y.reshape(out_shape)
+    if b is not None:
+        y += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * len(win.out))
+    return y
+
+
+def _depthwise(xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
+    n, c = xp.shape[:2]
+    mult = w.shape[0] // c
+    nd = len(win.out)
+    weights = w.reshape((c, mult) + win.kernel)
+    y = np.zeros((n, c, mult) + win.out, dtype=xp.dtype)
+    for tap in itertools.product(*(range(k) for k in win.kernel)):
+        view = xp[(slice(None), slice(None)) + win.tap_slices(tap)]
+        y += view[:, :, None] * weights[(slice(None), slice(None)) + tap].reshape((c, mult) + (1,) * nd)
+    return y
+
+
+def _im2col_conv(ctx, xp: np.ndarray, w: np.ndarray, win: Window, group: int) -> np.ndarray:
+    n, c = xp.shape[:2]
+    m = w.shape[0]
+    cg, mg = c // group, m // group
+    taps = list(itertools.product(*(range(k) for k in win.kernel)))
+    row_elems = n * c * len(taps) * math.prod(win.out[1:]) * xp.dtype.itemsize
+    band = max(1, min(win.out[0], IM2COL_BYTES // max(row_elems, 1)))
+    y = np.empty((n, group, mg) + win.out, dtype=xp.dtype)
+    weights = w.reshape(group, mg, cg * len(taps))
+    for r0 in range(0, win.out[0], band):
+        rows = slice(r0, min(r0 + band, win.out[0]))
+        height = rows.stop - rows.start
+        ctx.guard((n, c, len(taps), height) + win.out[1:], xp.dtype, "column buffer")
+        cols = np.empty((n, group, cg, len(taps), height) + win.out[1:], dtype=xp.dtype)
+        for t, tap in enumerate(taps):
+            view = xp[(slice(None), slice(None)) + win.tap_slices(tap, rows)]
+            cols[:, :, :, t] = view.reshape((n, group, cg, height) + win.out[1:])
+        band_out = np.matmul(weights, cols.reshape(n, group, cg * len(taps), -1))
+        y[:, :, :, rows] = band_out.reshape((n, group, mg, height) + win.out[1:])
+    return y
+
+
+@kernel("Conv")
+def _conv(ctx, x, w, b=None):
+    return conv(ctx, x, w, b)
+
+
+def _fused_check(node, opset):
+    activation = node.attrs.get("activation", "")
+    if activation not in ACTIVATIONS:
+        return f"activation {activation!r} is not one of {', '.join(sorted(ACTIVATIONS))}"
+    return None
+
+
+@kernel("FusedConv", domain="com.microsoft", check=_fused_check)
+def _fused_conv(ctx, x, w, b=None, z=None):
+    """Conv (+ optional sum input Z) followed by the activation named in the attributes."""
+    y = conv(ctx, x, w, b)
+    if z is not None:
+        y += z
+    return ACTIVATIONS[ctx.attr("activation")](y, list(ctx.attr("activation_params") or ()))
+
+
+@kernel("ConvTranspose")
+def _conv_transpose(ctx, x, w, b=None):
+    """Matmul to columns, then scatter-add each kernel tap into the strided output (col2im)."""
+    group = int(ctx.attr("group", 1))
+    n, c = x.shape[:2]
+    mg = w.shape[1]
+    m = mg * group
+    spatial = x.shape[2:]
+    nd = len(spatial)
+    kernel_shape = tuple(ctx.attr("kernel_shape") or w.shape[2:])
+    strides = tuple(ctx.attr("strides") or (1,) * nd)
+    dilations = tuple(ctx.attr("dilations") or (1,) * nd)
+    out_pad = tuple(ctx.attr("output_padding") or (0,) * nd)
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations)]
+    full = [s * (i - 1) + e + op for s, i, e, op in zip(strides, spatial, extent, out_pad)]
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    output_shape = ctx.attr("output_shape")
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-nd:] if output_shape else [i * s for i, s in zip(spatial, strides)]
+        total = [f - t for f, t in zip(full, target)]
+        if auto_pad == "SAME_UPPER":
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
+        out = target
+    else:
+        pads = list(ctx.attr("pads") or (0,) * (2 * nd)) if auto_pad != "VALID" else [0] * (2 * nd)
+        begin = pads[:nd]
+        out = [f - pb - pe for f, pb, pe in zip(full, pads[:nd], pads[nd:])]
+    ctx.guard((n, m) + tuple(out), x.dtype)
+    w = w.astype(x.dtype, copy=False)
+    cg = c // group
+    taps = list(itertools.product(*(range(k) for k in kernel_shape)))
+    weights = np.ascontiguousarray(w.reshape(group, cg, mg * len(taps)).transpose(0, 2, 1))
+    cols = np.matmul(weights, x.reshape(n, group, cg, -1)).reshape((n, group, mg, len(taps)) + spatial)
+    size = [max(f, b_ + o) for f, b_, o in zip(full, begin, out)]
+    ctx.guard((n, m) + tuple(size), x.dtype, "scatter buffer")
+    y = np.zeros((n, group, mg) + tuple(size), dtype=x.dtype)
+    for t, tap in enumerate(taps):
+        dst = tuple(slice(k * d, k * d + s * (i - 1) + 1, s) for k, d, s, i in zip(tap, dilations, strides, spatial))
+        y[(slice(None),) * 3 + dst] += cols[:, :, :, t]
+    y = y.reshape((n, m) + tuple(size))[(slice(None), slice(None)) + tuple(slice(b_, b_ + o) for b_, o in zip(begin, out))]
+    y = np.ascontiguousarray(y)
+    if b is not None:
+        y += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * nd)
+    return y

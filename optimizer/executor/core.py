@@ -1,0 +1,232 @@
+"""Plan once, run lean: the executor proper.
+
+Planning walks the graph once (topological order, kernel lookup for every node including
+those inside If/Loop bodies, last use of every tensor) and raises a single error naming
+every op it cannot run. Running feeds values through the planned steps and drops each
+intermediate right after its last reader, so peak memory follows the live set, not the
+model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from optimizer.errors import NinoptError
+from optimizer.executor.errors import FeedError, KernelError, UnsupportedOp, UnsupportedOpError
+from optimizer.executor.registry import NodeContext, lookup
+from optimizer.ir import Graph, Node
+
+#: Attributes holding subgraphs, per op; their bodies are planned with the parent.
+SUBGRAPH_ATTRS = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
+
+
+def default_max_tensor_bytes() -> int:
+    """Half of physical memory: larger tensors would thrash or kill the process."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+@dataclass
+class _Step:
+    fn: Any
+    ctx: NodeContext
+    inputs: list[str]
+    outputs: list[str]
+    free: list[str] = field(default_factory=list)
+    has_subgraphs: bool = False
+
+
+class Executor:
+    """A graph planned for repeated runs: ``Executor(graph).run({"x": array})``."""
+
+    def __init__(self, graph: Graph, *, max_tensor_bytes: int | None = None, _parent: Executor | None = None):
+        self.graph = graph
+        #: largest tensor (in bytes) a kernel may allocate; bodies of If/Loop use their root's
+        self.max_tensor_bytes = default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes)
+        self._limits = self if _parent is None else _parent._limits
+        problems: list[UnsupportedOp] = []
+        self._steps = self._plan(problems)
+        if problems and _parent is None:
+            raise UnsupportedOpError(problems)
+        self._problems = problems
+        self._constants: dict[str, np.ndarray] | None = None  # read on first run: planning stays cheap
+        produced = {o for s in self._steps for o in s.outputs if o}
+        local = produced | set(graph.inputs) | set(graph.initializers)
+        reads = {n for s in self._steps for n in s.inputs + list(s.ctx.node.implicit_inputs) if n}
+        #: names this graph reads from an enclosing scope (subgraph bodies only)
+        self.outer_names = sorted((reads | set(graph.outputs)) - local)
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, problems: list[UnsupportedOp]) -> list[_Step]:
+        graph = self.graph
+        live = graph.live_nodes()
+        steps: list[_Step] = []
+        for node in graph.toposort():
+            opset = graph.opset(node.domain)
+            spec = lookup(node.domain, node.op_type, opset)
+            reason = None if spec is None or spec.check is None else spec.check(node, opset)
+            label = node.name or (node.outputs[0] if node.outputs else node.op_type)
+            if spec is None or reason:
+                problems.append(UnsupportedOp(node.op_type, node.domain, opset, label,
+                                              reason or "no kernel is registered for it"))
+            subgraphs = self._plan_subgraphs(node, problems)
+            if spec is None or reason or node.id not in live:
+                continue
+            ctx = NodeContext(node, opset, self._limits, subgraphs)
+            steps.append(_Step(spec.fn, ctx, list(node.inputs), list(node.outputs), has_subgraphs=bool(subgraphs)))
+        self._set_lifetimes(steps)
+        return steps
+
+    def _plan_subgraphs(self, node: Node, problems: list[UnsupportedOp]) -> dict[str, Executor]:
+        from optimizer.onnx_io import subgraph  # bodies stay protobuf in the IR
+
+        planned = {}
+        for key, value in node.attrs.items():
+            if isinstance(value, onnx.GraphProto):
+                body = Executor(subgraph(value, self.graph), _parent=self)
+                problems.extend(body._problems)
+                planned[key] = body
+        return planned
+
+    def _set_lifetimes(self, steps: list[_Step]) -> None:
+        """Free each tensor after its last reader (or right away if nobody reads it)."""
+        keep = set(self.graph.outputs)
+        last: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            for name in step.outputs:
+                if name:
+                    last[name] = i
+            for name in step.inputs + list(step.ctx.node.implicit_inputs):
+                if name in last:
+                    last[name] = i
+        for name, i in last.items():
+            if name not in keep:
+                steps[i].free.append(name)
+
+    def _scope(self) -> dict[str, np.ndarray]:
+        """A fresh scope holding the initializers, as read-only views so no kernel or caller can change the weights."""
+        if self._constants is None:
+            self._constants = {}
+            for name in self.graph.initializers:  # default values, also of overridable (input-listed) ones
+                view = np.asarray(self.graph.initializer_value(name)).view()
+                view.flags.writeable = False
+                self._constants[name] = view
+        return dict(self._constants)
+
+    @property
+    def schedule(self) -> list[tuple[Node, tuple[str, ...]]]:
+        """The planned order: each node with the tensors dropped right after it runs."""
+        return [(step.ctx.node, tuple(step.free)) for step in self._steps]
+
+    # ------------------------------------------------------------------ running
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Graph outputs by name for the given inputs."""
+        env = self._scope()
+        env.update(self._check_feeds(feeds))
+        self._execute(env)
+        return {name: _owned(env[name]) for name in self.graph.outputs}
+
+    def call(self, outer: Mapping[str, np.ndarray], inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run a subgraph body: outer-scope values plus positional body inputs -> body outputs."""
+        env = self._scope()
+        env.update((name, outer[name]) for name in self.outer_names if name in outer)
+        env.update(zip(self.graph.inputs, inputs))
+        self._execute(env)
+        return [env[name] for name in self.graph.outputs]
+
+    def _execute(self, env: dict[str, Any]) -> None:
+        with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
+            for step in self._steps:
+                args = [env[name] if name else None for name in step.inputs]
+                ctx = step.ctx
+                if step.has_subgraphs:
+                    ctx.outer = env
+                try:
+                    result = step.fn(ctx, *args)
+                except NinoptError:
+                    raise
+                except Exception as exc:  # a numpy error on this node's values: name the node
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise KernelError(f"{ctx.node.op_type} node {ctx.node.name!r} failed: {first}.") from exc
+                finally:
+                    ctx.outer = None
+                if not isinstance(result, tuple):
+                    result = (result,)
+                for name, value in zip(step.outputs, result):
+                    if name:
+                        env[name] = value if isinstance(value, np.ndarray) else np.asarray(value)
+                for name in step.free:
+                    env.pop(name, None)
+
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        graph = self.graph
+        if not isinstance(feeds, Mapping):
+            raise FeedError(f"Inputs must be a mapping of input name to array, not {type(feeds).__name__}.")
+        allowed = set(graph.inputs)
+        unknown = [name for name in feeds if name not in allowed]
+        if unknown:
+            raise FeedError(f"Unknown input(s) {_names(unknown)}; the model's inputs are {_names(graph.feed_inputs())}.")
+        missing = [name for name in graph.feed_inputs() if name not in feeds]
+        if missing:
+            raise FeedError(f"Missing input(s) {_names(missing)}; the model needs {_names(graph.feed_inputs())}.")
+        checked: dict[str, np.ndarray] = {}
+        bound: dict[str, tuple[str, int]] = {}
+        for name, value in feeds.items():
+            array = np.asarray(value)
+            info = graph.tensors.get(name)
+            expected = info.dtype if info is not None else None
+            if expected is not None and array.dtype != expected:
+                raise FeedError(f"Input {name!r} has dtype {array.dtype}, but the model expects {expected}.")
+            shape = info.shape if info is not None else None
+            if shape is not None:
+                _check_shape(name, array.shape, shape, bound)
+            checked[name] = array
+        return checked
+
+
+def _check_shape(name: str, actual: tuple[int, ...], declared: tuple, bound: dict[str, tuple[str, int]]) -> None:
+    if len(actual) != len(declared):
+        raise FeedError(f"Input {name!r} has rank {len(actual)} (shape {actual}), but the model expects rank "
+                        f"{len(declared)} (shape {_shape_text(declared)}).")
+    for axis, (got, want) in enumerate(zip(actual, declared)):
+        if isinstance(want, int) and got != want:
+            raise FeedError(f"Input {name!r} has size {got} on axis {axis}, but the model expects {want} "
+                            f"(shape {_shape_text(declared)}).")
+        if isinstance(want, str) and want:
+            first = bound.setdefault(want, (name, got))
+            if first[1] != got:
+                raise FeedError(f"Dimension {want!r} is {first[1]} in input {first[0]!r} but {got} in input {name!r}.")
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _names(names) -> str:
+    return ", ".join(repr(n) for n in names) or "none"
+
+
+def _owned(value: np.ndarray) -> np.ndarray:
+    """A result the caller may modify: copies views of weights and broadcast views."""
+    return value if value.flags.writeable else value.copy()
+
+
+def unsupported_ops(graph: Graph) -> list[UnsupportedOp]:
+    """Every node (including in If/Loop bodies) the executor cannot run; empty when all can run."""
+    try:
+        Executor(graph)
+    except UnsupportedOpError as exc:
+        return exc.ops
+    return []
+
+
+def run(graph: Graph, feeds: Mapping[str, Any], *, max_tensor_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Plan and run ``graph`` once."""
+    return Executor(graph, max_tensor_bytes=max_tensor_bytes).run(feeds)

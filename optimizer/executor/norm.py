@@ -1,0 +1,92 @@
+"""Normalization ops: BatchNormalization (all versions), InstanceNormalization, LRN, LayerNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.executor.registry import kernel
+
+
+def _channel_shape(param: np.ndarray, x: np.ndarray) -> tuple[int, ...]:
+    """Per-channel parameters broadcast over axis 1; pre-opset-9 ``spatial=0`` ones cover all non-batch axes."""
+    if param.ndim > 1:
+        return (1,) + param.shape
+    return (1, -1) + (1,) * (x.ndim - 2)
+
+
+def _bn_training(ctx) -> bool:
+    if ctx.opset >= 14:
+        return bool(ctx.attr("training_mode", 0))
+    if ctx.opset < 7:
+        return not ctx.attr("is_test", 0) and ctx.n_outputs > 1
+    return ctx.n_outputs > 1 and any(ctx.node.outputs[1:])
+
+
+@kernel("BatchNormalization")
+def _batch_norm(ctx, x, scale, bias, mean, var):
+    """Inference folds to y = x * a + b (as onnxruntime does); training mode uses batch statistics.
+
+    Outputs beyond Y changed across versions: before 14 they are (running mean, running
+    variance, saved mean, saved variance); from 14, (running mean, running variance).
+    """
+    t = x.dtype.type
+    eps = t(ctx.attr("epsilon", 1e-5))
+    shape = _channel_shape(scale, x)
+    if not _bn_training(ctx):
+        a = (scale / np.sqrt(var + eps)).astype(x.dtype, copy=False)
+        b = (bias - mean * a).astype(x.dtype, copy=False)
+        y = x * a.reshape(shape)
+        y += b.reshape(shape)
+        return y
+    axes = (0,) + tuple(range(2, x.ndim)) if scale.ndim == 1 else (0,)
+    batch_mean = x.mean(axis=axes, dtype=x.dtype)
+    batch_var = x.var(axis=axes, dtype=x.dtype)
+    momentum = t(ctx.attr("momentum", 0.9))
+    y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + eps) * scale.reshape(shape) \
+        + bias.reshape(shape)
+    running_mean = mean * momentum + batch_mean * (1 - momentum)
+    running_var = var * momentum + batch_var * (1 - momentum)
+    return y, running_mean, running_var, batch_mean, batch_var
+
+
+@kernel("InstanceNormalization", since=6)
+def _instance_norm(ctx, x, scale, bias):
+    t = x.dtype.type
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True, dtype=x.dtype)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=axes, keepdims=True, dtype=x.dtype)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return centered / np.sqrt(var + t(ctx.attr("epsilon", 1e-5))) * scale.reshape(shape) + bias.reshape(shape)
+
+
+@kernel("LRN")
+def _lrn(ctx, x):
+    """y = x / (bias + alpha / size * sum of squares over a window of channels) ** beta."""
+    t = x.dtype.type
+    size = int(ctx.attr("size"))
+    alpha, beta, bias = t(ctx.attr("alpha", 1e-4)), t(ctx.attr("beta", 0.75)), t(ctx.attr("bias", 1.0))
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    squares = x * x
+    padded = np.pad(squares, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+    channels = x.shape[1]
+    total = padded[:, 0:channels].copy()
+    for i in range(1, size):
+        total += padded[:, i:i + channels]
+    return x / (bias + alpha / t(size) * total) ** beta
+
+
+@kernel("LayerNormalization", since=17)
+def _layer_norm(ctx, x, scale, bias=None):
+    t = x.dtype.type
+    axis = ctx.attr("axis", -1)
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True, dtype=x.dtype)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=axes, keepdims=True, dtype=x.dtype)
+    inv_std = 1 / np.sqrt(var + t(ctx.attr("epsilon", 1e-5)))
+    y = centered * inv_std * scale
+    if bias is not None:
+        y = y + bias
+    outputs = [y, mean, inv_std]
+    return tuple(outputs[:max(ctx.n_outputs, 1)])

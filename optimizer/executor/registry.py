@@ -1,0 +1,104 @@
+"""Kernel registry: plain functions keyed by (domain, op_type, opset range).
+
+A kernel is ``fn(ctx, *inputs) -> array | tuple[array, ...]``; omitted optional inputs
+arrive as None. ``ctx`` (a ``NodeContext``) carries the node's attributes, the opset it
+runs under, the allocation guard and planned subgraphs. Semantics that change across
+opsets are separate registrations, so the opset alone picks the right behaviour.
+An optional ``check(node, opset)`` returns a reason when a node uses a variant of the op
+that the kernel does not implement; planning reports it like a missing kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from optimizer.executor.errors import ResourceLimitError
+
+Kernel = Callable[..., Any]
+Check = Callable[[Any, int], "str | None"]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    op_type: str
+    domain: str
+    since: int
+    until: int | None
+    fn: Kernel
+    check: Check | None = None
+
+
+_KERNELS: dict[tuple[str, str], list[KernelSpec]] = {}
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def kernel(*op_types: str, since: int = 1, until: int | None = None, domain: str = "",
+           check: Check | None = None) -> Callable[[Kernel], Kernel]:
+    """Register ``fn`` for ``op_types`` at opsets ``since..until`` (inclusive; None = open)."""
+    domain = "" if domain == "ai.onnx" else domain
+
+    def register(fn: Kernel) -> Kernel:
+        for op_type in op_types:
+            specs = _KERNELS.setdefault((domain, op_type), [])
+            for other in specs:
+                if since <= (other.until or 10**9) and other.since <= (until or 10**9):
+                    raise ValueError(f"kernels for {op_type} overlap at opsets {since}..{until}")
+            specs.append(KernelSpec(op_type, domain, since, until, fn, check))
+        return fn
+
+    return register
+
+
+def lookup(domain: str, op_type: str, opset: int) -> KernelSpec | None:
+    """The kernel registered for ``op_type`` at ``opset``, or None."""
+    domain = "" if domain == "ai.onnx" else domain
+    for spec in _KERNELS.get((domain, op_type), ()):
+        if spec.since <= opset and (spec.until is None or opset <= spec.until):
+            return spec
+    return None
+
+
+def registered_ops() -> list[tuple[str, str, int, int | None]]:
+    """(domain, op_type, since, until) of every registration, for documentation and tests."""
+    return sorted((s.domain, s.op_type, s.since, s.until) for specs in _KERNELS.values() for s in specs)
+
+
+class NodeContext:
+    """What a kernel knows about its node besides the input values."""
+
+    __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer")
+
+    def __init__(self, node, opset: int, limits, subgraphs: dict[str, Any] | None = None):
+        self.node = node
+        self.attrs = node.attrs
+        self.opset = opset
+        self.limits = limits  # the owning Executor: its max_tensor_bytes is read at run time
+        self.subgraphs = subgraphs or {}
+        self.outer = None  # the running scope, set while a node with subgraphs executes
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.node.outputs)
+
+    def wants_output(self, index: int) -> bool:
+        outs = self.node.outputs
+        return index < len(outs) and outs[index] != ""
+
+    def guard(self, shape, dtype, what: str = "output") -> None:
+        """Refuse, before allocating, a tensor larger than the executor's limit."""
+        count = 1
+        for dim in shape:
+            count *= max(int(dim), 0)
+        nbytes = count * np.dtype(dtype).itemsize
+        limit = self.limits.max_tensor_bytes
+        if nbytes > limit:
+            shape_text = "x".join(str(int(d)) for d in shape) or "scalar"
+            raise ResourceLimitError(
+                f"{self.node.op_type} node {self.node.name!r} would allocate a {shape_text} {np.dtype(dtype)} "
+                f"{what} ({nbytes:,} bytes), more than the executor's limit of {limit:,} bytes.")

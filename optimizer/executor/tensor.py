@@ -1,0 +1,96 @@
+"""Ops that make or retype tensors: Identity, Constant, ConstantOfShape, Cast, Range, Dropout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from optimizer.executor.registry import kernel
+from optimizer.ir import elem_type_to_dtype
+
+
+@kernel("Identity")
+def _identity(ctx, x):
+    return x
+
+
+_CONSTANT_ATTRS = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+                   "value_int": np.int64, "value_ints": np.int64}
+
+
+def _constant_check(node, opset):
+    if not any(key in node.attrs for key in _CONSTANT_ATTRS):
+        return f"Constant with attribute(s) {', '.join(sorted(node.attrs)) or 'none'} is not supported"
+    return None
+
+
+@kernel("Constant", check=_constant_check)
+def _constant(ctx):
+    for key, dtype in _CONSTANT_ATTRS.items():
+        if key in ctx.attrs:
+            return np.asarray(ctx.attrs[key], dtype=dtype)
+    raise AssertionError("unreachable: rejected at planning")
+
+
+@kernel("ConstantOfShape", since=9)
+def _constant_of_shape(ctx, shape):
+    value = ctx.attr("value")
+    value = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value).reshape(-1)
+    dims = [int(d) for d in shape.reshape(-1)]
+    ctx.guard(dims, value.dtype)
+    return np.full(dims, value[0], dtype=value.dtype)
+
+
+def _cast_check(node, opset):
+    to = node.attrs.get("to")
+    if to is not None and elem_type_to_dtype(to) is None:
+        return f"casting to ONNX element type {to} is not supported"
+    return None
+
+
+@kernel("Cast", check=_cast_check)
+def _cast(ctx, x):
+    return x.astype(elem_type_to_dtype(ctx.attr("to")), copy=False)
+
+
+@kernel("CastLike", since=15)
+def _cast_like(ctx, x, like):
+    return x.astype(like.dtype, copy=False)
+
+
+@kernel("Range", since=11)
+def _range(ctx, start, limit, delta):
+    start, limit, delta = start.reshape(()), limit.reshape(()), delta.reshape(())
+    count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+    ctx.guard((count,), start.dtype)
+    return (start + delta * np.arange(count, dtype=start.dtype)).astype(start.dtype, copy=False)
+
+
+def _dropout_mask(ctx, x, mask_dtype):
+    return np.ones(x.shape, dtype=mask_dtype) if ctx.wants_output(1) else None
+
+
+@kernel("Dropout", until=11)
+def _dropout_inference(ctx, x):
+    """Inference: the input, and an all-keep mask (type T before opset 10, bool from 10).
+
+    Before opset 7 ``is_test=0`` asked for training; onnxruntime (and every inference
+    engine) runs these graphs as inference, and so do we.
+    """
+    return x, _dropout_mask(ctx, x, np.bool_ if ctx.opset >= 10 else x.dtype)
+
+
+@kernel("Dropout", since=12)
+def _dropout(ctx, x, ratio=None, training_mode=None):
+    """From opset 12, training mode is an input; in training, drop with the node's seed and rescale."""
+    rate = 0.5 if ratio is None else float(ratio)
+    if training_mode is None or not bool(training_mode) or rate == 0.0:
+        return x, _dropout_mask(ctx, x, np.bool_)
+    keep = np.random.default_rng(ctx.attr("seed")).random(x.shape) >= rate
+    return (x * keep / x.dtype.type(1 - rate)).astype(x.dtype, copy=False), keep
+
+
+@kernel("NonZero", since=9)
+def _nonzero(ctx, x):
+    return np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)

@@ -1,0 +1,158 @@
+"""Benchmark ninopt's executor against onnxruntime and onnx.reference (run on demand, not by pytest).
+
+    python tests/benchmarks/bench_executor.py [--runs 5] [--models squeezenet inception_v1 resnet50]
+
+Light zoo models at batch 1, 224x224, with their ConstantOfShape weights replaced by seeded
+He-scaled random weights (so outputs are meaningful and checked). Each engine runs in its
+own subprocess so that peak memory is measured per engine:
+
+* time: median wall time of ``--runs`` runs after one warm-up (onnx.reference: a single run);
+* peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that subprocess (whole process:
+  interpreter, libraries, model and weights included), and its growth during inference
+  (peak after the runs minus peak just before the first run);
+* for ninopt also the tracemalloc peak of one run (numpy-side allocations only).
+
+onnxruntime uses 2 intra-op threads and ORT_ENABLE_ALL; OPENBLAS_CORETYPE and thread
+settings of the environment are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "executor")]
+
+from executor_testing import ONNX_DATA, randomize_weights  # noqa: E402
+
+ENGINES = ("ninopt", "onnxruntime", "reference")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {i.name for i in model.graph.initializer}
+    vi = next(i for i in model.graph.input if i.name not in inits)
+    shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+    return {vi.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+
+
+def _measure(engine: str, path: str, runs: int, out_path: str) -> None:
+    """Subprocess body: load, warm up, time, report JSON (and the first output for cross-checks)."""
+    model = onnx.load(path)
+    feeds = _feed(model)
+    if engine == "ninopt":
+        from optimizer import onnx_io
+        from optimizer.executor import Executor
+
+        executor = Executor(onnx_io.load(path))
+        call = lambda: list(executor.run(feeds).values())  # noqa: E731
+    elif engine == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        call = lambda: session.run(None, feeds)  # noqa: E731
+    else:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(model)
+        call = lambda: evaluator.run(None, feeds)  # noqa: E731
+        runs = 0  # slow: the timed run is the only run
+    before = _maxrss_bytes()
+    times = []
+    outputs = None
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        outputs = call()
+        times.append(time.perf_counter() - start)
+    result = {"time": statistics.median(times[1:] or times), "peak_rss": _maxrss_bytes(),
+              "rss_growth": _maxrss_bytes() - before}
+    if engine == "ninopt":
+        import tracemalloc
+
+        tracemalloc.start()
+        call()
+        result["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    np.save(out_path + ".npy", np.asarray(outputs[0]))
+    Path(out_path).write_text(json.dumps(result))
+
+
+def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int | None) -> dict:
+    out_path = os.path.join(workdir, f"{Path(path).stem}.{engine}.json")
+    env = dict(os.environ)
+    if blas_threads and engine == "ninopt":
+        env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
+    subprocess.run([sys.executable, __file__, "--measure", engine, path, str(runs), out_path], check=True, env=env)
+    result = json.loads(Path(out_path).read_text())
+    result["output"] = np.load(out_path + ".npy")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=["squeezenet", "inception_v1", "resnet50"])
+    parser.add_argument("--skip-reference", action="store_true", help="do not time onnx.reference (slow)")
+    parser.add_argument("--blas-threads", type=int, help="OPENBLAS_NUM_THREADS for ninopt's subprocess "
+                        "(default: inherited; 1 is steadier on a busy 2-core machine)")
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        engine, path, runs, out_path = args.measure
+        _measure(engine, path, int(runs), out_path)
+        return
+    engines = [e for e in ENGINES if not (args.skip_reference and e == "reference")]
+    mb = 1 << 20
+    ratios_ort, ratios_ref, memory_ratios = [], [], []
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
+          f"OPENBLAS_NUM_THREADS for ninopt: {args.blas_threads or os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
+    with tempfile.TemporaryDirectory() as workdir:
+        print(f"{'model':<14}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
+              f"{'numpy peak MB':>15}  max|diff| vs ort")
+        for name in args.models:
+            path = os.path.join(workdir, f"{name}.onnx")
+            onnx.save(randomize_weights(onnx.load(str(ONNX_DATA / "light" / f"light_{name}.onnx")), seed=1), path)
+            results = {engine: _run_engine(engine, path, args.runs, workdir, args.blas_threads) for engine in engines}
+            for engine, r in results.items():
+                diff = float(np.abs(r["output"] - results["onnxruntime"]["output"]).max())
+                numpy_peak = f"{r['tracemalloc_peak'] / mb:15.1f}" if "tracemalloc_peak" in r else f"{'-':>15}"
+                print(f"{name:<14}{engine:<13}{r['time'] * 1e3:10.1f}{r['peak_rss'] / mb:13.1f}"
+                      f"{r['rss_growth'] / mb:15.1f}{numpy_peak}  {diff:.2e}")
+            ours, ort_r = results["ninopt"], results["onnxruntime"]
+            ratios_ort.append(ours["time"] / ort_r["time"])
+            memory_ratios.append(ours["peak_rss"] / ort_r["peak_rss"])
+            line = f"  -> ninopt/onnxruntime time x{ratios_ort[-1]:.2f}, peak RSS x{memory_ratios[-1]:.2f}"
+            if "reference" in results:
+                ratios_ref.append(results["reference"]["time"] / ours["time"])
+                line += f"; ninopt is {ratios_ref[-1]:.0f}x faster than onnx.reference"
+            print(line)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    geo = math.exp(sum(map(math.log, ratios_ort)) / len(ratios_ort))
+    print(f"\ngeometric mean time ratio ninopt/onnxruntime: {geo:.2f} (target <= 3, goal 2)")
+    print(f"peak RSS ratio ninopt/onnxruntime: max {max(memory_ratios):.2f} (target <= 2)")
+    if ratios_ref:
+        print(f"speed-up over onnx.reference: min {min(ratios_ref):.0f}x (target >= 50x)")
+
+
+if __name__ == "__main__":
+    main()

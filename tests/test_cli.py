@@ -1,0 +1,175 @@
+"""The `ninopt` command end to end: real runs, and bad input that must fail cleanly."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.cli import main
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optimizer.cli", *args], capture_output=True, text=True)
+
+
+def _ort(path: Path, feeds: dict) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _light_feeds(path: Path) -> dict:
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input if i.name not in inits}
+
+
+@pytest.mark.parametrize("path", sorted(LIGHT.glob("light_*.onnx")), ids=lambda p: p.stem)
+def test_optimize_light_zoo_keeps_outputs(path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    before = _digest(path)
+    assert main(["optimize", str(path), "-o", str(out), "--json"]) == 0
+    assert _digest(path) == before
+    onnx.checker.check_model(str(out), full_check=True)
+    assert len(onnx.load(str(out)).graph.node) <= len(onnx.load(str(path)).graph.node)
+    feeds = _light_feeds(path)
+    for expected, actual in zip(_ort(path, feeds), _ort(out, feeds), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_optimize_json_report_has_the_pipeline_and_costs(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(LIGHT / "light_bvlc_alexnet.onnx"), "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    stats = {p["name"]: p for p in report["pipeline"]["passes"]}
+    assert stats["eliminate-dropout"]["rewrites"] == 2
+    assert report["after"]["nodes"] <= report["before"]["nodes"] - 2
+    assert report["after"]["macs"] == report["before"]["macs"] > 0
+    assert report["pipeline"]["converged"] is True
+
+
+def test_optimize_with_named_passes_runs_only_those(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(LIGHT / "light_bvlc_alexnet.onnx"), "-o", str(out), "--passes",
+                 "eliminate-dropout", "--json", "--no-verify"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in report["pipeline"]["passes"]] == ["eliminate-dropout"]
+    assert report["verification"] is None
+
+
+def test_console_script_and_version() -> None:
+    out = subprocess.run(["ninopt", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ninopt ")
+
+
+def test_help_shows_an_example() -> None:
+    out = _run("optimize", "--help")
+    assert out.returncode == 0 and "example: ninopt optimize" in out.stdout
+
+
+# ---------------------------------------------------------------- bad input
+def _bad_models(tmp: Path) -> dict[str, Path]:
+    resnet = (LIGHT / "light_resnet50.onnx").read_bytes()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graphs = {
+        "cycle": helper.make_graph([helper.make_node("Relu", ["b"], ["y"]), helper.make_node("Relu", ["y"], ["b"])],
+                                   "g", [x], [y]),
+        "duplicate_producer": helper.make_graph([helper.make_node("Relu", ["x"], ["y"]),
+                                                 helper.make_node("Neg", ["x"], ["y"])], "g", [x], [y]),
+        "undefined_input": helper.make_graph([helper.make_node("Add", ["x", "nowhere"], ["y"])], "g", [x], [y]),
+        "unproduced_output": helper.make_graph([helper.make_node("Relu", ["x"], ["z"])], "g", [x], [y]),
+    }
+    files = {
+        "empty": b"",
+        "random_bytes": np.random.default_rng(0).bytes(4096),
+        "truncated": resnet[: len(resnet) // 2],
+        "not_a_model": numpy_helper.from_array(np.ones((3, 3), np.float32)).SerializeToString(),
+        "text": b"this is not an ONNX model\n",
+    }
+    files.update({k: helper.make_model(g).SerializeToString() for k, g in graphs.items()})
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp / f"{name}.onnx"
+        paths[name].write_bytes(data)
+    paths["missing"] = tmp / "missing.onnx"
+    paths["directory"] = tmp
+    return paths
+
+
+@pytest.mark.parametrize("case", ["empty", "random_bytes", "truncated", "not_a_model", "text", "cycle",
+                                  "duplicate_producer", "undefined_input", "unproduced_output", "missing",
+                                  "directory"])
+@pytest.mark.parametrize("command", ["optimize", "analyze"])
+def test_bad_model_gets_one_sentence_and_exit_2(case: str, command: str, tmp_path: Path) -> None:
+    path = _bad_models(tmp_path)[case]
+    before = _digest(path) if path.is_file() else None
+    out = tmp_path / "out.onnx"
+    args = [command, str(path)] + (["-o", str(out)] if command == "optimize" else [])
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ninopt: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.onnx*")), "a temporary file was left behind"
+    if before is not None:
+        assert _digest(path) == before
+
+
+def test_library_raises_ninopt_error_for_bad_model(tmp_path: Path) -> None:
+    import optimizer
+
+    for case, path in _bad_models(tmp_path).items():
+        with pytest.raises(optimizer.NinoptError):
+            optimizer.optimize(path)
+
+
+def test_refuses_to_overwrite_the_input(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes((LIGHT / "light_squeezenet.onnx").read_bytes())
+    before = _digest(model)
+    result = _run("optimize", str(model), "-o", str(model))
+    assert result.returncode == 2 and "--in-place" in result.stderr
+    assert _digest(model) == before
+
+
+def test_in_place_rewrites_the_input(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes((LIGHT / "light_squeezenet.onnx").read_bytes())
+    assert _run("optimize", str(model), "-o", str(model), "--in-place").returncode == 0
+    assert all(n.op_type != "Dropout" for n in onnx.load(str(model)).graph.node)
+
+
+@pytest.mark.parametrize("where", ["directory", "missing_folder", "parent_is_a_file"])
+def test_unwritable_output_is_one_sentence(where: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    target = {"directory": tmp_path,
+              "missing_folder": tmp_path / "nope" / "out.onnx",
+              "parent_is_a_file": tmp_path / "file" / "out.onnx"}[where]
+    result = _run("optimize", str(LIGHT / "light_squeezenet.onnx"), "-o", str(target), "--no-verify")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_pass_is_named(tmp_path: Path) -> None:
+    result = _run("optimize", str(LIGHT / "light_squeezenet.onnx"), "-o", str(tmp_path / "o.onnx"),
+                  "--passes", "no-such-pass")
+    assert result.returncode == 2 and "'no-such-pass'" in result.stderr and "eliminate-identity" in result.stderr
+    assert not (tmp_path / "o.onnx").exists()
