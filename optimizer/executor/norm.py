@@ -14,12 +14,13 @@ def _channel_shape(param: np.ndarray, x: np.ndarray) -> tuple[int, ...]:
     return (1, -1) + (1,) * (x.ndim - 2)
 
 
-def _bn_training(ctx) -> bool:
-    if ctx.opset >= 14:
-        return bool(ctx.attr("training_mode", 0))
-    if ctx.opset < 7:
-        return not ctx.attr("is_test", 0) and ctx.n_outputs > 1
-    return ctx.n_outputs > 1 and any(ctx.node.outputs[1:])
+def bn_is_training(node, opset: int) -> bool:
+    """Whether a BatchNormalization node uses batch statistics (its mode moved across opsets)."""
+    if opset >= 14:
+        return bool(node.attrs.get("training_mode", 0))
+    if opset < 7:
+        return not node.attrs.get("is_test", 0) and len(node.outputs) > 1
+    return len(node.outputs) > 1 and any(node.outputs[1:])
 
 
 @kernel("BatchNormalization")
@@ -32,7 +33,7 @@ def _batch_norm(ctx, x, scale, bias, mean, var):
     t = x.dtype.type
     eps = t(ctx.attr("epsilon", 1e-5))
     shape = _channel_shape(scale, x)
-    if not _bn_training(ctx):
+    if not bn_is_training(ctx.node, ctx.opset):
         a = (scale / np.sqrt(var + eps)).astype(x.dtype, copy=False)
         b = (bias - mean * a).astype(x.dtype, copy=False)
         y = x * a.reshape(shape)
