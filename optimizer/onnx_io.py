@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper
 from google.protobuf.message import DecodeError
 
@@ -241,6 +242,16 @@ def subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
     graph.source = source
     _fill_graph(graph, gp, source)
     return graph
+
+
+def inline_functions(graph: Graph) -> Graph:
+    """The graph with calls to model-local functions expanded (for running it), or the graph itself if none."""
+    source: Source | None = graph.source
+    functions = {(f.domain, f.name) for f in source.shell.functions} if source is not None else set()
+    if not any((n.domain, n.op_type) in functions for n in graph.nodes):
+        return graph
+    inlined = onnx.inliner.inline_local_functions(to_model_proto(graph))
+    return _from_model(inlined, base_dir=source.base_dir)
 
 
 # ---------------------------------------------------------------------- external data

@@ -47,7 +47,9 @@ class Executor:
     """A graph planned for repeated runs: ``Executor(graph).run({"x": array})``."""
 
     def __init__(self, graph: Graph, *, max_tensor_bytes: int | None = None, _parent: Executor | None = None):
-        self.graph = graph
+        from optimizer.onnx_io import inline_functions  # model-local functions run as their bodies
+
+        self.graph = graph if _parent is not None else inline_functions(graph)
         #: largest tensor (in bytes) a kernel may allocate; bodies of If/Loop use their root's
         self.max_tensor_bytes = default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes)
         self._limits = self if _parent is None else _parent._limits
