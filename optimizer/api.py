@@ -93,14 +93,16 @@ def resolve_passes(passes: Iterable[str] | str | None) -> list[str]:
 
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
              inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-             tolerance: float = EXACT_TOLERANCE, seed: int = 0) -> OptimizeResult:
+             tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False) -> OptimizeResult:
     """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
     loaded fresh. Verification runs the model once before the passes (the reference) and
     once after, on the same inputs (``inputs``, else seeded random ones), and raises
     VerificationError, naming the output and its error, when any output's relative error
-    max |d| / max |y| exceeds ``tolerance``.
+    max |d| / max |y| exceeds ``tolerance``. With ``verify_each_pass`` every single rewrite
+    is checked the same way; one that breaks the numbers is rolled back and listed in the
+    report (``pipeline.passes[i].rollbacks``) with the pass and the nodes it matched.
     """
     from optimizer.executor import Executor
     from optimizer.verify import prepare_feeds, within_relative_error
@@ -110,10 +112,15 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         graph = graph.copy()
     names = resolve_passes(passes)
     before = GraphSummary.of(graph, shapes)
-    if verify:
+    checker = None
+    if verify or verify_each_pass:
         feeds, used_seed = prepare_feeds(graph, inputs, shapes, seed)
         reference = Executor(graph).run(feeds)
-    report = PassManager([get_pass(n).create() for n in names]).run(graph)
+    if verify_each_pass:
+        def checker(candidate: Graph) -> str | None:
+            outcome = within_relative_error(reference, Executor(candidate).run(feeds), tolerance, feeds, used_seed)
+            return None if outcome.passed else outcome.failures()[0].message
+    report = PassManager([get_pass(n).create() for n in names], checker=checker).run(graph)
     after = GraphSummary.of(graph, shapes)
     verification = None
     if verify:

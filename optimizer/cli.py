@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="a .npz of inputs to verify with (default: seeded random inputs)")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224",
                    help="pin the dims of an input (repeatable)")
+    p.add_argument("--verify-each-pass", action="store_true",
+                   help="check every rewrite; roll back (and report) any that breaks the numbers")
     p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
                    help="largest relative error (max|d|/max|y|) allowed per output (default %(default)g)")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
@@ -164,7 +166,8 @@ def cmd_optimize(args) -> int:
     if target.exists() and source.exists() and target.resolve() == source.resolve() and not args.in_place:
         raise NinoptError(f"refusing to overwrite the input {source}; pass --in-place to allow it.")
     result = api.optimize(source, passes=args.passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
-                          shapes=dict(args.shape) or None, tolerance=args.tolerance)
+                          shapes=dict(args.shape) or None, tolerance=args.tolerance,
+                          verify_each_pass=args.verify_each_pass)
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     result.save(target, external_data=external)
     if args.json:
@@ -183,6 +186,9 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
         refusals = "; ".join(f"{n}x {reason}" for reason, n in stats.refusals.most_common(3))
         table.add_row(stats.name, str(stats.rewrites), refusals, f"{stats.seconds:.3f}")
     console.print(table)
+    for stats in result.pipeline.passes:
+        for rollback in stats.rollbacks:
+            console.print(f"rolled back {stats.name} on {', '.join(rollback['nodes'])}: {rollback['problem']}")
     b, a = result.before, result.after
     console.print(f"nodes {b.nodes} -> {a.nodes}, MACs {b.macs:,} -> {a.macs:,}, params {b.params:,} -> {a.params:,}")
     if result.verification is not None:

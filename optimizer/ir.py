@@ -534,7 +534,7 @@ class Graph:
                         for nid, n in self._nodes.items()}
         other._producer = dict(self._producer)
         other._uses = {t: dict(u) for t, u in self._uses.items()}
-        other._ids = itertools.count(max(self._nodes, default=-1) + 1)
+        other._ids = itertools.count(next(self._ids))  # ids are never reused, even across copies
         other._name_counter = itertools.count(next(self._name_counter))
         other.tensors = {k: Tensor(v.name, v.elem_type, v.shape, v.const) for k, v in self.tensors.items()}
         other.inputs = list(self.inputs)
@@ -544,6 +544,10 @@ class Graph:
         other.ir_version = self.ir_version
         other.version = self.version
         return other
+
+    def restore(self, snapshot: Graph) -> None:
+        """Become ``snapshot`` (a ``copy()`` taken earlier), e.g. to roll a rewrite back."""
+        self.__dict__.update(snapshot.__dict__)
 
     # ------------------------------------------------------------------ internals
     def _link(self, tensor: str, nid: int, idx: int) -> None:

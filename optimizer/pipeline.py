@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from optimizer.errors import InvariantError
 from optimizer.ir import Graph, Node
@@ -25,6 +25,7 @@ class PassStats:
     rewrites: int = 0
     refusals: Counter = field(default_factory=Counter)  # reason -> count
     decisions: list[dict[str, Any]] = field(default_factory=list)  # cost-model verdicts
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)  # rewrites undone by --verify-each-pass
     seconds: float = 0.0
 
     def refuse(self, reason: str) -> None:
@@ -32,7 +33,12 @@ class PassStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "runs": self.runs, "matches": self.matches, "rewrites": self.rewrites,
-                "refusals": dict(self.refusals), "decisions": self.decisions, "seconds": round(self.seconds, 6)}
+                "refusals": dict(self.refusals), "decisions": self.decisions, "rollbacks": self.rollbacks,
+                "seconds": round(self.seconds, 6)}
+
+
+#: Checks a rewritten graph against the original's numbers: None when it agrees, else why not.
+Checker = Callable[[Graph], "str | None"]
 
 
 class Pass:
@@ -41,6 +47,8 @@ class Pass:
     name = "unnamed"
     exact = True
     default = True
+    #: set by the PassManager under per-pass verification; RewritePass checks every single rewrite
+    checker: Checker | None = None
 
     def run(self, g: Graph, stats: PassStats) -> bool:
         raise NotImplementedError
@@ -69,8 +77,10 @@ class RewritePass(Pass):
     def run(self, g: Graph, stats: PassStats) -> bool:
         changed = False
         removed_ids: set[int] = set()
-        for node in self.candidates(g):
-            if node.id in removed_ids or g.node(node.id) is not node:
+        rolled_back = self.__dict__.setdefault("_rolled_back", set())  # roots never to retry
+        for candidate in self.candidates(g):
+            node = g.node(candidate.id)  # by id: a rollback swaps in the snapshot's node objects
+            if node is None or node.id in removed_ids or node.id in rolled_back:
                 continue
             m = match(g, self.pattern, node)
             if m is None:
@@ -80,7 +90,14 @@ class RewritePass(Pass):
             if not m.ok:
                 stats.refuse(m.reason)
                 continue
+            snapshot = g.copy() if self.checker is not None else None
             self.rewrite(g, m)
+            problem = self.checker(g) if self.checker is not None else None
+            if problem is not None:
+                g.restore(snapshot)
+                rolled_back.add(node.id)
+                stats.rollbacks.append({"nodes": [repr(n) for n in m.nodes], "problem": problem})
+                continue
             removed_ids.update(n.id for n in m.nodes)
             stats.rewrites += 1
             changed = True
@@ -101,23 +118,40 @@ class PipelineReport:
 class PassManager:
     """Run passes in order, sweep after sweep, until a sweep changes nothing (or the bound)."""
 
-    def __init__(self, passes: Iterable[Pass], *, max_iterations: int = MAX_ITERATIONS, check: bool = True):
+    def __init__(self, passes: Iterable[Pass], *, max_iterations: int = MAX_ITERATIONS, check: bool = True,
+                 checker: Checker | None = None):
+        """``checker`` turns on per-pass verification: a RewritePass has each rewrite checked and
+        undone when it fails; any other pass is checked (and undone) as a whole."""
         self.passes = list(passes)
         self.max_iterations = max_iterations
         self.check = check
+        self.checker = checker
+        for p in self.passes:
+            p.checker = checker
 
     def run(self, g: Graph) -> PipelineReport:
         stats = {p.name: PassStats(p.name) for p in self.passes}
         history: list[str] = []
+        disabled: set[str] = set()  # whole passes rolled back by the checker
         iterations = 0
         converged = False
         while iterations < self.max_iterations:
             iterations += 1
             sweep_changed = False
             for p in self.passes:
+                if p.name in disabled:
+                    continue
                 before = g.version
                 start = time.perf_counter()
+                snapshot = g.copy() if self.checker is not None and not isinstance(p, RewritePass) else None
                 changed = p.run(g, stats[p.name])
+                if snapshot is not None and g.version != before:
+                    problem = self.checker(g)
+                    if problem is not None:
+                        g.restore(snapshot)
+                        changed = False
+                        disabled.add(p.name)
+                        stats[p.name].rollbacks.append({"nodes": ["(the whole pass)"], "problem": problem})
                 stats[p.name].seconds += time.perf_counter() - start
                 stats[p.name].runs += 1
                 history.append(p.name)
