@@ -157,7 +157,7 @@ def test_statistics_record_matches_rewrites_refusals_and_time():
     d = report.to_dict()
     assert d["iterations"] == 2 and d["converged"] is True
     assert d["passes"][0] == {"name": "test-relu-refuser", "runs": 2, "matches": 4, "rewrites": 2,
-                              "refusals": {"it reads a graph input": 2}, "decisions": [],
+                              "refusals": {"it reads a graph input": 2}, "decisions": [], "rollbacks": [],
                               "seconds": round(s.seconds, 6)}
     assert [n.name for n in g.nodes] == ["n0", "n3"] and by_name(g, "n3").inputs == ["t0"]
 
