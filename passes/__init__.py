@@ -16,6 +16,7 @@ from passes import (  # noqa: F401  (imported to register)
     merge_parallel_branches,
     canonicalize_conv1x1_gemm,
     fuse_conv1x1_chain,
+    insert_bottleneck,
     dedupe_initializers,
     eliminate_dead_nodes,
     eliminate_unused_initializers,

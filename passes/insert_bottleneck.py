@@ -1,0 +1,55 @@
+"""The insert-bottleneck pass: a thin layer over ``optimizer.bottleneck.insert_bottlenecks``."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from optimizer.bottleneck import insert_bottlenecks
+from optimizer.pipeline import Pass
+from optimizer.registry import register_pass
+
+
+@register_pass("insert-bottleneck", exact=False, default=False)
+class InsertBottleneck(Pass):
+    """Insert 1x1 channel bottlenecks in Conv/Gemm layers wider than their information (approximate, budgeted).
+
+    ``max_error`` bounds max|d| / max|y| at every model output over the calibration inputs
+    (``calibration``: input name -> samples along the leading axis; None: seeded random inputs).
+    ``relu_bottleneck`` puts a ReLU after each inserted 1x1 (exact CReLU where still below
+    break-even, else measured). Each considered layer lands in ``stats.decisions``.
+
+    Within one pipeline run the pass works once: a later sweep that finds the graph as the pass
+    left it does nothing, so the budget is not spent twice against a moving reference.
+    """
+
+    max_error: float = 1e-2
+    calibration: Mapping[str, np.ndarray] | None = None
+    relu_bottleneck: bool = False
+    seed: int = 0
+    samples: int = 8
+
+    def __init__(self, max_error: float | None = None, calibration: Mapping[str, np.ndarray] | None = None,
+                 relu_bottleneck: bool | None = None, seed: int | None = None, samples: int | None = None):
+        for key, value in (("max_error", max_error), ("calibration", calibration),
+                           ("relu_bottleneck", relu_bottleneck), ("seed", seed), ("samples", samples)):
+            if value is not None:
+                setattr(self, key, value)
+        self._left: tuple[int, int] | None = None  # (id of graph, version) this pass last left
+
+    def run(self, g, stats) -> bool:
+        if self._left == (id(g), g.version):
+            return False
+        result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
+                                    relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples)
+        for row in result.rows:
+            stats.matches += 1
+            stats.decisions.append({**row, "model_error": result.error, "max_error": self.max_error,
+                                    "evidence": result.evidence})
+            if row["applied"]:
+                stats.rewrites += 1
+            else:
+                stats.refuse(row["reason"])
+        self._left = (id(g), g.version)
+        return result.changed
