@@ -58,6 +58,7 @@ class OptimizeResult:
     after: GraphSummary
     verification: Any = None  # optimizer.verify.VerifyReport, or None with verify=False
     passes: list[str] = field(default_factory=list)
+    budget: float = EXACT_TOLERANCE  # the relative error the final verification allowed
 
     def save(self, path: str | os.PathLike, **options) -> Path:
         return onnx_io.save(self.graph, path, **options)
@@ -74,6 +75,7 @@ class OptimizeResult:
             "after": self.after.to_dict(),
             "pipeline": self.pipeline.to_dict(),
             "verification": self.verification.to_dict() if self.verification is not None else None,
+            "budget": self.budget,
         }
 
 
@@ -91,9 +93,27 @@ def resolve_passes(passes: Iterable[str] | str | None) -> list[str]:
     return names
 
 
+@dataclass
+class BottleneckOptions:
+    """Approximate 1x1 bottleneck insertion, run after the exact pipeline (``--bottleneck``)."""
+
+    max_error: float
+    calibration: dict[str, np.ndarray] | None = None  # input name -> samples along the leading axis
+    relu_bottleneck: bool = False
+
+    def create_pass(self):
+        return get_pass("insert-bottleneck").cls(max_error=self.max_error, calibration=self.calibration,
+                                                 relu_bottleneck=self.relu_bottleneck)
+
+
+#: Cleanup after bottleneck insertion (the factored weights replace the old ones).
+_CLEANUP_AFTER_BOTTLENECK = ("dedupe-initializers", "eliminate-dead-nodes", "eliminate-unused-initializers")
+
+
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
              inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-             tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False) -> OptimizeResult:
+             tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False,
+             bottleneck: BottleneckOptions | None = None) -> OptimizeResult:
     """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
@@ -103,6 +123,10 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     max |d| / max |y| exceeds ``tolerance``. With ``verify_each_pass`` every single rewrite
     is checked the same way; one that breaks the numbers is rolled back and listed in the
     report (``pipeline.passes[i].rollbacks``) with the pass and the nodes it matched.
+
+    ``bottleneck`` adds approximate bottleneck insertion after the exact passes; the final
+    check then allows its ``max_error``, doubled when the verification inputs are not the
+    calibration inputs (the report says which budget was applied).
     """
     from optimizer.executor import Executor
     from optimizer.verify import prepare_feeds, within_relative_error
@@ -121,15 +145,24 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
             outcome = within_relative_error(reference, Executor(candidate).run(feeds), tolerance, feeds, used_seed)
             return None if outcome.passed else outcome.failures()[0].message
     report = PassManager([get_pass(n).create() for n in names], checker=checker).run(graph)
+    budget = tolerance
+    if bottleneck is not None:
+        approximate = PassManager([bottleneck.create_pass()] + [get_pass(n).create() for n in _CLEANUP_AFTER_BOTTLENECK])
+        extra = approximate.run(graph)
+        report = PipelineReport(report.passes + extra.passes, report.iterations + extra.iterations,
+                                report.converged and extra.converged)
+        names = names + ["insert-bottleneck", *_CLEANUP_AFTER_BOTTLENECK]
+        seen_in_calibration = inputs is not None and inputs is bottleneck.calibration
+        budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
     after = GraphSummary.of(graph, shapes)
     verification = None
     if verify:
-        verification = within_relative_error(reference, Executor(graph).run(feeds), tolerance, feeds, used_seed)
+        verification = within_relative_error(reference, Executor(graph).run(feeds), budget, feeds, used_seed)
         if not verification.passed:
             worst = max(verification.failures(), key=lambda o: o.max_rel)
             raise VerificationError(f"the optimized model fails verification: output {worst.name!r} is off by "
-                                    f"relative {worst.max_rel:.3g} (allowed {tolerance:g}); nothing was written.")
-    return OptimizeResult(graph, report, before, after, verification, names)
+                                    f"relative {worst.max_rel:.3g} (allowed {budget:g}); nothing was written.")
+    return OptimizeResult(graph, report, before, after, verification, names, budget)
 
 
 def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,3 +184,19 @@ def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None
     from optimizer.cost import analyze_costs
 
     return analyze_costs(load(model), input_shapes=input_shapes)
+
+
+def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] | None = None,
+                        max_error: float = 1e-2, seed: int = 0):
+    """Channel-bottleneck opportunities, ranked (an ``optimizer.bottleneck.BottleneckReport``).
+
+    Weight spectra along both channel modes, activation spectra on ``calibration`` inputs (or
+    seeded random ones, flagged as weaker evidence), break-even ranks and predicted errors.
+    """
+    from optimizer.bottleneck import analyze_bottlenecks as analyze_graph
+
+    graph = load(model)
+    if graph is model:
+        graph = graph.copy()
+    PassManager([get_pass("fold-constants").create()]).run(graph)  # ConstantOfShape weights become readable
+    return analyze_graph(graph, calibration, seed=seed, max_error=max_error)

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="a .npz of inputs to verify with (default: seeded random inputs)")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224",
                    help="pin the dims of an input (repeatable)")
+    p.add_argument("--target", choices=("generic", "onnxruntime"), default="generic",
+                   help="onnxruntime: also fuse Conv + activation into com.microsoft FusedConv")
+    p.add_argument("--bottleneck", action="store_true",
+                   help="also insert 1x1 channel bottlenecks (approximate, within --max-error)")
+    p.add_argument("--max-error", type=float, default=1e-2,
+                   help="with --bottleneck: largest relative error at any output (default %(default)g)")
+    p.add_argument("--calibration", help="with --bottleneck: a .npz of calibration inputs (samples on axis 0)")
+    p.add_argument("--relu-bottleneck", action="store_true",
+                   help="with --bottleneck: put a ReLU after every inserted 1x1 even where not exact")
     p.add_argument("--verify-each-pass", action="store_true",
                    help="check every rewrite; roll back (and report) any that breaks the numbers")
     p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
@@ -89,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--bottlenecks", action="store_true",
+                   help="rank channel-bottleneck opportunities (weight and activation spectra, break-even ranks)")
+    p.add_argument("--calibration", help="with --bottlenecks: a .npz of calibration inputs (else seeded random)")
+    p.add_argument("--max-error", type=float, default=1e-2,
+                   help="with --bottlenecks: the error target that picks each proposed rank (default %(default)g)")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("run", help="run a model on the reference executor", epilog=EXAMPLES["run"])
@@ -165,9 +179,17 @@ def cmd_optimize(args) -> int:
     source, target = Path(args.model), Path(args.output)
     if target.exists() and source.exists() and target.resolve() == source.resolve() and not args.in_place:
         raise NinoptError(f"refusing to overwrite the input {source}; pass --in-place to allow it.")
-    result = api.optimize(source, passes=args.passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
+    passes = api.resolve_passes(args.passes)
+    if args.target == "onnxruntime":
+        passes.append("fuse-conv-activation")
+    bottleneck = None
+    if args.bottleneck:
+        if args.max_error <= 0:
+            raise NinoptError("--max-error must be positive.")
+        bottleneck = api.BottleneckOptions(args.max_error, _load_inputs(args.calibration), args.relu_bottleneck)
+    result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
                           shapes=dict(args.shape) or None, tolerance=args.tolerance,
-                          verify_each_pass=args.verify_each_pass)
+                          verify_each_pass=args.verify_each_pass, bottleneck=bottleneck)
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     result.save(target, external_data=external)
     if args.json:
@@ -182,10 +204,16 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
     table = Table(title="passes")
     for col in ("pass", "rewrites", "refusals", "seconds"):
         table.add_column(col, justify="left" if col in ("pass", "refusals") else "right")
+    idle = 0
     for stats in result.pipeline.passes:
+        if not (stats.matches or stats.rewrites or stats.rollbacks):
+            idle += 1
+            continue
         refusals = "; ".join(f"{n}x {reason}" for reason, n in stats.refusals.most_common(3))
         table.add_row(stats.name, str(stats.rewrites), refusals, f"{stats.seconds:.3f}")
     console.print(table)
+    if idle:
+        console.print(f"{idle} other pass run(s) found nothing to match")
     for stats in result.pipeline.passes:
         for rollback in stats.rollbacks:
             console.print(f"rolled back {stats.name} on {', '.join(rollback['nodes'])}: {rollback['problem']}")
@@ -200,6 +228,8 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
 
 
 def cmd_analyze(args) -> int:
+    if args.bottlenecks:
+        return _analyze_bottlenecks(args)
     report = api.analyze(args.model, input_shapes=dict(args.shape) or None)
     data = report.to_dict()
     if args.csv:
@@ -219,19 +249,56 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+BOTTLENECK_COLUMNS = ("layer", "op", "shape", "macs", "structure", "rank", "macs_after", "predicted_error", "reason")
+
+
+def _analyze_bottlenecks(args) -> int:
+    report = api.analyze_bottlenecks(args.model, calibration=_load_inputs(args.calibration), max_error=args.max_error)
+    rows = report.rows()
+    if args.csv:
+        _write_rows(Path(args.csv), BOTTLENECK_COLUMNS, [[row.get(c, "") for c in BOTTLENECK_COLUMNS] for row in rows])
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=float))
+        return 0
+    evidence = "calibration inputs" if report.evidence == "calibration" else "seeded random inputs (weaker evidence)"
+    table = Table(title=f"bottleneck opportunities in {args.model}, activations from {evidence}")
+    for col in BOTTLENECK_COLUMNS:
+        table.add_column(col, justify="right" if col in ("macs", "rank", "macs_after", "predicted_error") else "left")
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in BOTTLENECK_COLUMNS])
+    _console().print(table)
+    return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
 def _fmt_shape(shape) -> str:
     return "?" if shape is None else "x".join(str(d) for d in shape)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    _write_rows(path, ("name", "op_type", "output_shapes", "macs", "params", "activation_bytes"),
+                [[row["name"], row["op_type"], " ".join(_fmt_shape(s) for s in row["output_shapes"]), row["macs"],
+                  row["params"], row.get("activation_bytes", "")] for row in rows])
+
+
+def _write_rows(path: Path, header, rows) -> None:
     from optimizer.onnx_io import atomic_writer
 
     with atomic_writer(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "op_type", "output_shapes", "macs", "params", "activation_bytes"])
-        for row in rows:
-            writer.writerow([row["name"], row["op_type"], " ".join(_fmt_shape(s) for s in row["output_shapes"]),
-                             row["macs"], row["params"], row.get("activation_bytes", "")])
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def cmd_run(args) -> int:

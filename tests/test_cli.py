@@ -173,3 +173,29 @@ def test_unknown_pass_is_named(tmp_path: Path) -> None:
                   "--passes", "no-such-pass")
     assert result.returncode == 2 and "'no-such-pass'" in result.stderr and "eliminate-identity" in result.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bottleneck_insertion_from_the_cli(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(FIXTURES / "seed_bottleneck.onnx"), "-o", str(out), "--bottleneck",
+                 "--max-error", "1e-4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["before"]["macs"] >= 9 * report["after"]["macs"]
+    assert report["budget"] == pytest.approx(2e-4)
+    model = onnx.load(str(out))
+    reduce = [n for n in model.graph.node if n.op_type == "Conv"][0]
+    weights = {t.name: t for t in model.graph.initializer}
+    assert list(weights[reduce.input[1]].dims) == [16, 192, 1, 1]
+    feeds = {model.graph.input[0].name: np.random.default_rng(7).standard_normal((1, 192, 28, 28)).astype(np.float32)}
+    expected, actual = _ort(FIXTURES / "seed_bottleneck.onnx", feeds)[0], _ort(out, feeds)[0]
+    assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_analyze_bottlenecks_ranks_the_seed_layer(tmp_path: Path, capsys) -> None:
+    table = tmp_path / "bottlenecks.csv"
+    assert main(["analyze", str(FIXTURES / "seed_bottleneck.onnx"), "--bottlenecks", "--csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "input" in out and "weaker evidence" in out
+    header, first = table.read_text().splitlines()[:2]
+    row = dict(zip(header.split(","), first.split(",")))
+    assert row["structure"] == "input" and row["rank"] == "16"
