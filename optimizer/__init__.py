@@ -10,9 +10,9 @@ Library entry points mirror the CLI::
     report = optimizer.verify("model.onnx", "model.opt.onnx")
 """
 
-from optimizer.api import OptimizeResult, analyze, load, optimize, run, save, verify
+from optimizer.api import BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, run, save, verify
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph, Node
 
-__all__ = ["Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze", "load", "optimize",
-           "run", "save", "verify"]
+__all__ = ["BottleneckOptions", "Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze",
+           "analyze_bottlenecks", "load", "optimize", "run", "save", "verify"]
