@@ -56,7 +56,7 @@ class OptimizeResult:
     pipeline: PipelineReport
     before: GraphSummary
     after: GraphSummary
-    verification: Any = None  # optimizer.verify.VerifyReport, or None with verify=False
+    verification: Any = None  # optimizer.verification.VerifyReport, or None with verify=False
     passes: list[str] = field(default_factory=list)
     budget: float = EXACT_TOLERANCE  # the relative error the final verification allowed
 
@@ -129,7 +129,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     calibration inputs (the report says which budget was applied).
     """
     from optimizer.executor import Executor
-    from optimizer.verify import prepare_feeds, within_relative_error
+    from optimizer.verification import prepare_feeds, within_relative_error
 
     graph = load(model)
     if graph is model:
@@ -173,8 +173,8 @@ def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def verify(reference: ModelLike, candidate: ModelLike, **options):
-    """Compare two models on the same inputs (see ``optimizer.verify.verify`` for the options)."""
-    from optimizer.verify import verify as verify_graphs
+    """Compare two models on the same inputs (see ``optimizer.verification.verify`` for the options)."""
+    from optimizer.verification import verify as verify_graphs
 
     return verify_graphs(load(reference), load(candidate), **options)
 

@@ -303,7 +303,7 @@ def _write_rows(path: Path, header, rows) -> None:
 
 def cmd_run(args) -> int:
     from optimizer.executor import Executor
-    from optimizer.verify import prepare_feeds
+    from optimizer.verification import prepare_feeds
 
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs

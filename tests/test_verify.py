@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
-from optimizer.verify import random_inputs, verify
+from optimizer.verification import random_inputs, verify
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)

@@ -1,5 +1,9 @@
 """Compare two graphs on the same inputs: per-output error metrics, the tolerance that would pass, a verdict.
 
+(Named ``verification`` rather than DESIGN.md's ``verify.py``: a submodule ``optimizer.verify``
+would rebind the package attribute and shadow the public ``optimizer.verify()`` function as
+soon as anything imported it.)
+
 ``a`` is the reference (usually the model before a rewrite) and ``b`` the candidate. An
 output passes when every element satisfies ``|b - a| <= atol + rtol * |a|`` (numpy's
 ``allclose`` rule, NaN matching NaN), with per-output tolerances where given. Besides the
