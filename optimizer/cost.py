@@ -139,13 +139,25 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None 
     return _infer(graph, graph.toposort(), input_shapes, use_onnx).shapes
 
 
+#: Contrib ops priced as the standard op they fuse (the activation they add costs no MACs).
+_COSTED_AS = {("com.microsoft", "FusedConv"): "Conv"}
+
+
+def _costed_op(node: Node) -> str | None:
+    """The standard op type a node is priced and shaped as, or None for ops of unknown domains."""
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type
+    return _COSTED_AS.get((node.domain, node.op_type))
+
+
 def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | None = None) -> int | None:
     """Multiply-accumulates of one node: 0 for ops ``macs`` does not count, None when a dim is unknown.
 
     Tensors missing from ``shapes`` fall back to the graph's tensor table, so a pass can
     price a rewrite whose new tensors it has given shapes.
     """
-    if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
+    op_type = _costed_op(node)
+    if op_type not in MAC_OPS:
         return 0
     shapes = shapes or {}
 
@@ -154,14 +166,14 @@ def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | Non
 
     out = _numel(shape(node.outputs[0]))
     try:
-        if node.op_type == "Conv":  # each output element reads (Cin/groups)·kh·kw weights
+        if op_type == "Conv":  # each output element reads (Cin/groups)·kh·kw weights
             per_output = _numel(shape(node.inputs[1])[1:])
             return None if out is None or per_output is None else out * per_output
-        if node.op_type == "ConvTranspose":  # each input element scatters into (Cout/groups)·kh·kw outputs
+        if op_type == "ConvTranspose":  # each input element scatters into (Cout/groups)·kh·kw outputs
             x, per_input = _numel(shape(node.inputs[0])), _numel(shape(node.inputs[1])[1:])
             return None if x is None or per_input is None else x * per_input
         a = shape(node.inputs[0])
-        if node.op_type == "Gemm":
+        if op_type == "Gemm":
             k = a[0] if node.attr("transA", 0) else a[1]
         else:
             k = a[-1]
@@ -172,7 +184,7 @@ def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | Non
 
 # ---------------------------------------------------------------------- costs
 def _node_params(node: Node, facts: _Facts, counted: set[str]) -> int | None:
-    if node.op_type not in PARAM_OPS or node.domain not in ("", "ai.onnx"):
+    if _costed_op(node) not in PARAM_OPS:
         return 0
     fresh = [t for t in dict.fromkeys(node.inputs) if t and t in facts.constants and t not in counted]
     counted.update(fresh)
@@ -241,7 +253,8 @@ def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_sha
         ins = [shapes.get(t) if t else None for t in node.inputs]
         vals = [values.get(t) for t in node.inputs]
         standard = node.domain in ("", "ai.onnx")
-        ruled = (_apply(_SHAPE_RULES.get(node.op_type), node, ins, vals, opset) if standard else None) or ()
+        op_type = _costed_op(node)
+        ruled = (_apply(_SHAPE_RULES.get(op_type), node, ins, vals, opset) if op_type else None) or ()
         for i, out in enumerate(outputs):
             if not out:
                 continue

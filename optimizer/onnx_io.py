@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from google.protobuf.message import DecodeError
 
 from optimizer.errors import NinoptError
-from optimizer.ir import Constant, Graph, Tensor, elem_type_to_dtype
+from optimizer.ir import Constant, Graph, Tensor, elem_type_to_dtype, paused_gc
 
 #: Protobuf cannot serialize messages of 2 GiB or more; above this, weights go to external data.
 PROTO_LIMIT = 2**31 - 1
@@ -93,7 +93,8 @@ def _from_model(model: onnx.ModelProto, base_dir: Path | None, label: str = "the
     source = Source(shell=shell, base_dir=base_dir, keepalive=model)
     graph.source = source
     try:
-        _fill_graph(graph, model.graph, source)
+        with paused_gc():
+            _fill_graph(graph, model.graph, source)
     except ValueError as exc:
         raise NinoptError(f"{label} is not a valid graph: {exc}.") from None
     problems = graph.check_invariants()

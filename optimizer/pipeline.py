@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from optimizer.errors import InvariantError
-from optimizer.ir import Graph, Node
+from optimizer.ir import Graph, Node, paused_gc
 from optimizer.pattern import Match, OpPattern, match
 
 #: Sweeps over the whole pass list before giving up on reaching a fixpoint.
@@ -130,6 +130,10 @@ class PassManager:
             p.checker = checker
 
     def run(self, g: Graph) -> PipelineReport:
+        with paused_gc():
+            return self._run(g)
+
+    def _run(self, g: Graph) -> PipelineReport:
         stats = {p.name: PassStats(p.name) for p in self.passes}
         history: list[str] = []
         disabled: set[str] = set()  # whole passes rolled back by the checker

@@ -16,6 +16,8 @@ from passes import (  # noqa: F401  (imported to register)
     merge_parallel_branches,
     canonicalize_conv1x1_gemm,
     fuse_conv1x1_chain,
+    merge_sibling_conv1x1,
+    fuse_conv_activation,
     insert_bottleneck,
     dedupe_initializers,
     eliminate_dead_nodes,

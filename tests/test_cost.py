@@ -385,3 +385,18 @@ def test_long_chain_is_analyzed():
                               [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, None)])
     report = analyze_costs(onnx_io.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
     assert len(report.nodes) == n and report.total_activation_bytes == n * 8 * 4
+
+
+def test_fused_conv_is_priced_and_shaped_like_its_conv():
+    """After fuse-conv-activation the MACs and shapes must not vanish from the report."""
+    import optimizer
+    from optimizer.api import resolve_passes
+
+    path = os.path.join(os.path.dirname(__file__), "..", "fixtures", "resnet_bottleneck_bn.onnx")
+    result = optimizer.optimize(path, passes=resolve_passes(None) + ["fuse-conv-activation"])
+    assert any(n.op_type == "FusedConv" for n in result.graph.nodes)
+    assert result.after.macs == result.before.macs > 0
+    report = analyze_costs(result.graph)
+    assert not report.unknown
+    fused = [row for row in report.nodes if row.op_type == "FusedConv"]
+    assert fused and all(row.macs > 0 and row.output_shapes[0] is not None for row in fused)
