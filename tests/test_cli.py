@@ -199,3 +199,14 @@ def test_analyze_bottlenecks_ranks_the_seed_layer(tmp_path: Path, capsys) -> Non
     header, first = table.read_text().splitlines()[:2]
     row = dict(zip(header.split(","), first.split(",")))
     assert row["structure"] == "input" and row["rank"] == "16"
+
+
+def test_target_onnxruntime_fuses_conv_activations(tmp_path: Path, capsys) -> None:
+    source = FIXTURES / "inception_module.onnx"
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(source), "-o", str(out), "--target", "onnxruntime", "--json"]) == 0
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("FusedConv") == 6 and "Relu" not in ops
+    feeds = dict(np.load(FIXTURES / "inception_module_inputs.npz"))
+    np.testing.assert_allclose(_ort(out, feeds)[0], _ort(source, feeds)[0], rtol=1e-5, atol=1e-5)
