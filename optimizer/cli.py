@@ -23,6 +23,7 @@ EXAMPLES = {
     "analyze": "example: ninopt analyze fixtures/inception_module.onnx --csv costs.csv",
     "passes": "example: ninopt passes --json",
     "run": "example: ninopt run fixtures/inception_module.onnx --inputs fixtures/inception_module_inputs.npz -o y.npz",
+    "zoo": "example: ninopt zoo --builtin light --jobs 2 --html zoo.html --save zoo.json",
     "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
 }
 
@@ -126,6 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative tolerance, for all outputs or one (repeatable; default 1e-5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("zoo", help="optimize and verify many models; a regression report", epilog=EXAMPLES["zoo"])
+    p.add_argument("models", nargs="*", help=".onnx files or folders (searched recursively)")
+    p.add_argument("--builtin", choices=("light",), help="add the onnx package's light model zoo")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default %(default)s)")
+    p.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
+    p.add_argument("--bottleneck", action="store_true", help="also insert bottlenecks within --max-error")
+    p.add_argument("--max-error", type=float, default=1e-2, help="with --bottleneck (default %(default)g)")
+    p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
+                   help="largest relative error (max|d|/max|y|) allowed per output (default %(default)g)")
+    p.add_argument("--baseline", metavar="FILE", help="an earlier run's JSON report: exit 1 on any regression")
+    p.add_argument("--save", metavar="FILE", help="write the JSON report to FILE (a later --baseline)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV")
+    p.add_argument("--html", metavar="FILE", help="a self-contained HTML page with per-layer MAC charts")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the jobs on the Dask scheduler at ADDRESS")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("passes", help="list the available passes", epilog=EXAMPLES["passes"])
     p.add_argument("--json", action="store_true")
@@ -364,6 +383,40 @@ def cmd_verify(args) -> int:
         _error(report.failures()[0].message)
         return 1
     return 0
+
+
+def cmd_zoo(args) -> int:
+    from optimizer import zoo
+
+    if args.html:
+        from optimizer.report_html import require_matplotlib, write_html
+
+        require_matplotlib()  # before the run, not after it
+    if args.baseline:
+        zoo.load_baseline(args.baseline)  # a bad baseline is bad input: exit 2 before any work
+    report = zoo.run_zoo(args.models, builtin=args.builtin, jobs=args.jobs, passes=args.passes,
+                         bottleneck_max_error=args.max_error if args.bottleneck else None, tolerance=args.tolerance,
+                         progress=not args.quiet, dask_address=args.dask)
+    comparison = zoo.compare_baseline(report, args.baseline) if args.baseline else None
+    if args.save:
+        report.to_json(args.save)
+    if args.csv:
+        report.to_csv(args.csv)
+    if args.html:
+        write_html(report, args.html)
+    if args.json:
+        data = report.to_dict()
+        if comparison is not None:
+            data["baseline"] = {"regressions": comparison.regressions, "notes": comparison.notes}
+        print(json.dumps(data, indent=2))
+    else:
+        console = _console()
+        zoo.render_table(report, console)
+        for line in comparison.notes if comparison else []:
+            console.print(f"note: {line}", markup=False)
+        for line in comparison.regressions if comparison else []:
+            console.print(f"regression: {line}", markup=False, style="red")
+    return 1 if report.exit_code or (comparison is not None and comparison.regressions) else 0
 
 
 def cmd_passes(args) -> int:

@@ -473,6 +473,12 @@ def _check_destination(path: Path) -> Path:
     return folder
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb", **open_args):
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -484,6 +490,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", **open_args):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except OSError as exc:
         raise NinoptError(f"could not write {path}: {exc.strerror or exc}.") from None
@@ -553,6 +560,7 @@ def _write_external(graph: Graph, data_path: Path, min_bytes: int) -> tuple[dict
             offset += length
         out.flush()
         os.fsync(out.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
     return locations, Path(tmp)
 
 

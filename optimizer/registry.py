@@ -42,13 +42,18 @@ def register_pass(name: str, *, exact: bool = True, default: bool = True):
         doc = (cls.__doc__ or "").strip().splitlines()
         if not doc:
             raise TypeError(f"pass {name!r} needs a docstring saying what it rewrites")
-        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+        known = _REGISTRY.get(name)
+        if known is not None and _qualified(known.cls) != _qualified(cls):  # a re-imported module may re-register
             raise ValueError(f"pass name {name!r} is registered twice")
         cls.name, cls.exact, cls.default = name, exact, default
         _REGISTRY[name] = PassInfo(name, cls, exact, default, doc[0])
         return cls
 
     return decorate
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def unregister_pass(name: str) -> None:

@@ -210,3 +210,19 @@ def test_target_onnxruntime_fuses_conv_activations(tmp_path: Path, capsys) -> No
     assert ops.count("FusedConv") == 6 and "Relu" not in ops
     feeds = dict(np.load(FIXTURES / "inception_module_inputs.npz"))
     np.testing.assert_allclose(_ort(out, feeds)[0], _ort(source, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_zoo_over_the_light_models_with_json_and_html(tmp_path: Path) -> None:
+    html = tmp_path / "report.html"
+    result = _run("zoo", "--builtin", "light", "--jobs", "2", "--json", "--html", str(html))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["models"]) == 9 and report["summary"]["passed"] == 9
+    page = html.read_text()
+    assert page.count('<img src="data:image/png;base64,') == 9
+    assert all(m["name"] in page for m in report["models"])
+
+
+def test_zoo_with_a_missing_path_is_bad_input(tmp_path: Path) -> None:
+    result = _run("zoo", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and result.stderr.startswith("ninopt: error: ") and "Traceback" not in result.stderr
