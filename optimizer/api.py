@@ -113,7 +113,7 @@ _CLEANUP_AFTER_BOTTLENECK = ("dedupe-initializers", "eliminate-dead-nodes", "eli
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
              inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
              tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False,
-             bottleneck: BottleneckOptions | None = None) -> OptimizeResult:
+             bottleneck: BottleneckOptions | None = None, raise_on_failure: bool = True) -> OptimizeResult:
     """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
@@ -126,7 +126,9 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
 
     ``bottleneck`` adds approximate bottleneck insertion after the exact passes; the final
     check then allows its ``max_error``, doubled when the verification inputs are not the
-    calibration inputs (the report says which budget was applied).
+    calibration inputs (the report says which budget was applied). With
+    ``raise_on_failure=False`` a failed verification is returned in the result instead
+    (``result.verification.passed`` is False), for callers that report rather than stop.
     """
     from optimizer.executor import Executor
     from optimizer.verification import prepare_feeds, within_relative_error
@@ -158,7 +160,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     verification = None
     if verify:
         verification = within_relative_error(reference, Executor(graph).run(feeds), budget, feeds, used_seed)
-        if not verification.passed:
+        if not verification.passed and raise_on_failure:
             worst = max(verification.failures(), key=lambda o: o.max_rel)
             raise VerificationError(f"the optimized model fails verification: output {worst.name!r} is off by "
                                     f"relative {worst.max_rel:.3g} (allowed {budget:g}); nothing was written.")

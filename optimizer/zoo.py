@@ -26,8 +26,7 @@ from typing import Any, Iterable
 from optimizer import api
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
-from optimizer.executor import Executor
-from optimizer.verification import _num, prepare_feeds, within_relative_error
+from optimizer.verification import _num
 
 #: Ops whose per-layer MACs the report keeps (the HTML chart plots them).
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -57,18 +56,15 @@ def run_model(path: str, passes: list[str] | str | None = None, bottleneck_max_e
 
 
 def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> None:
+    """Same pipeline, judge and budget as ``ninopt optimize``; a failed check becomes a "fail" row."""
     original = api.load(path)
-    # Verified here rather than by optimize(verify=True), which raises on failure: a "fail" row
-    # needs the report. Same judge and budget as ``ninopt optimize``: relative error per output.
-    feeds, seed = prepare_feeds(original)
-    reference = Executor(original).run(feeds)
     bottleneck = api.BottleneckOptions(bottleneck_max_error) if bottleneck_max_error is not None else None
-    result = api.optimize(original, passes=passes, verify=False, tolerance=tolerance, bottleneck=bottleneck)
+    result = api.optimize(original, passes=passes, tolerance=tolerance, bottleneck=bottleneck, raise_on_failure=False)
     row["before"], row["after"] = result.before.to_dict(), result.after.to_dict()
     for stats in result.pipeline.passes:  # cleanup passes run again after bottleneck insertion: add up
         row["passes"][stats.name] = row["passes"].get(stats.name, 0) + stats.rewrites
     row["layers"] = _layer_macs(analyze_costs(original).nodes, analyze_costs(result.graph).nodes)
-    report = within_relative_error(reference, Executor(result.graph).run(feeds), result.budget, feeds, seed)
+    report = result.verification
     row["max_error"] = _num(max((o.max_rel for o in report.outputs), default=0.0))
     row["outputs"] = [{"name": o.name, "max_abs": _num(o.max_abs), "max_rel": _num(o.max_rel),
                        "min_atol": _num(o.min_atol), "min_rtol": _num(o.min_rtol)} for o in report.outputs]
