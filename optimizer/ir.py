@@ -444,12 +444,7 @@ class Graph:
             producer.outputs = [new if o == old else o for o in producer.outputs]
             self._producer[new] = producer.id
             self._g.remove_edges_from([(u, v, k) for u, v, k in self._g.out_edges(producer.id, keys=True) if k[0] == old])
-        for nid, idx in list(self._uses.get(old, ())):
-            node = self._nodes[nid]
-            if idx == IMPLICIT_USE:
-                self._rename_implicit(node, old, new)
-            else:
-                self.set_input(node, idx, new)
+        self.replace_all_uses(old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
         self.version += 1
 

@@ -46,7 +46,7 @@ class FoldConstants(Pass):
             try:
                 with np.errstate(all="ignore"):
                     result = spec.fn(NodeContext(node, g.opset(node.domain), limits), *values)
-            except NinoptError as exc:
+            except NinoptError:
                 stats.refuse(f"folding it would allocate more than the {self.max_bytes >> 20} MiB cap")
                 continue
             results = result if isinstance(result, tuple) else (result,)

@@ -142,3 +142,21 @@ def _ort_run_fixture():
 @pytest.fixture(name="random_feeds", scope="session")
 def _random_feeds_fixture():
     return random_feeds
+
+
+def assert_rewrite_agrees(original: onnx.ModelProto, graph: Any, output: str = "y", seed: int = 0) -> None:
+    """The rewritten graph is checker-valid and, in onnxruntime and in ninopt's executor, matches
+    the original (run in onnxruntime) within relative 1e-5 on seeded random inputs."""
+    from optimizer import onnx_io
+    from optimizer.executor import run as execute
+
+    feeds = random_feeds(original, seed=seed)
+    (expected,) = ort_run(original, feeds)
+    rewritten = onnx_io.to_model_proto(graph)
+    onnx.checker.check_model(rewritten, full_check=True)
+    (by_ort,) = ort_run(rewritten, feeds)
+    by_executor = execute(graph, feeds)[output]
+    scale = np.max(np.abs(expected))
+    assert by_ort.shape == by_executor.shape == expected.shape
+    assert np.max(np.abs(by_ort - expected)) <= 1e-5 * scale
+    assert np.max(np.abs(by_executor - expected)) <= 1e-5 * scale
