@@ -8,11 +8,12 @@ Library entry points mirror the CLI::
     costs = optimizer.analyze("model.onnx")          # per-node MACs, params, shapes
     outputs = optimizer.run("model.onnx", {"data": x})
     report = optimizer.verify("model.onnx", "model.opt.onnx")
+    summary = optimizer.zoo(["models/"], jobs=2).summary
 """
 
-from optimizer.api import BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, run, save, verify
+from optimizer.api import BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, run, save, verify, zoo
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph, Node
 
 __all__ = ["BottleneckOptions", "Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze",
-           "analyze_bottlenecks", "load", "optimize", "run", "save", "verify"]
+           "analyze_bottlenecks", "load", "optimize", "run", "save", "verify", "zoo"]

@@ -202,3 +202,14 @@ def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] 
         graph = graph.copy()
     PassManager([get_pass("fold-constants").create()]).run(graph)  # ConstantOfShape weights become readable
     return analyze_graph(graph, calibration, seed=seed, max_error=max_error)
+
+
+def zoo(models: Iterable[str | os.PathLike] = (), **options):
+    """Optimize and verify many models in parallel (``ninopt zoo``): a ``ZooReport``.
+
+    Options are those of ``optimizer.zoo_runner.run_zoo`` (``builtin="light"``, ``jobs``,
+    ``passes``, ``bottleneck_max_error``, ``tolerance``, ``progress``, ``dask_address``).
+    """
+    from optimizer.zoo_runner import run_zoo
+
+    return run_zoo(list(models), **options)

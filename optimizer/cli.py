@@ -386,7 +386,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from optimizer import zoo
+    from optimizer import zoo_runner as zoo
 
     if args.html:
         from optimizer.report_html import require_matplotlib, write_html

@@ -1,7 +1,7 @@
 """pytest plug-in: ``pytest --ninopt-zoo DIR`` adds one test per ONNX model under DIR.
 
 Each test optimizes the model with the default pipeline and verifies the result against the
-original (``optimizer.zoo.run_model``); a failure shows the per-output error report. The
+original (``optimizer.zoo_runner.run_model``); a failure shows the per-output error report. The
 plug-in does nothing unless the option is given, so loading it everywhere is harmless.
 """
 
@@ -32,7 +32,7 @@ class ZooCollector(pytest.Collector):
 
     def collect(self):
         from optimizer.errors import NinoptError
-        from optimizer.zoo import find_models
+        from optimizer.zoo_runner import find_models
 
         try:
             found = find_models([self.path])
@@ -54,7 +54,7 @@ class ZooModelItem(pytest.Item):
     """Optimize + verify one model in this process."""
 
     def runtest(self) -> None:
-        from optimizer.zoo import run_model
+        from optimizer.zoo_runner import run_model
 
         row = run_model(str(self.path), passes=self.config.getoption("ninopt_passes"), name=self.name)
         if row["verdict"] != "pass":

@@ -14,7 +14,7 @@ import os
 
 from optimizer.errors import NinoptError
 from optimizer.onnx_io import atomic_writer
-from optimizer.zoo import ZooReport, format_error, short_number
+from optimizer.zoo_runner import ZooReport, format_error, short_number
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; }

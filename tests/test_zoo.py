@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from optimizer import api, zoo
+from optimizer import api
+from optimizer import zoo_runner as zoo
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
 from optimizer.pipeline import Pass
 from optimizer.registry import register_pass, unregister_pass
-from optimizer.zoo import LAYER_OPS, ZooReport, compare_baseline, find_models, render_table, run_model, run_zoo
+from optimizer.zoo_runner import LAYER_OPS, ZooReport, compare_baseline, find_models, render_table, run_model, run_zoo
 
 GOOD = ["inception_module", "resnet_bottleneck_bn", "identity_dropout"]
 
