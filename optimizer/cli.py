@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -66,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ninopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing but errors (and --json output); no progress display")
 
-    p = sub.add_parser("optimize", help="rewrite a model and verify the result", epilog=EXAMPLES["optimize"])
+    p = sub.add_parser("optimize", parents=[common], help="rewrite a model and verify the result", epilog=EXAMPLES["optimize"])
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="where to write the optimized model")
     p.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_optimize)
 
-    p = sub.add_parser("analyze", help="per-node shapes, MACs and parameters", epilog=EXAMPLES["analyze"])
+    p = sub.add_parser("analyze", parents=[common], help="per-node shapes, MACs and parameters", epilog=EXAMPLES["analyze"])
     p.add_argument("model")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --bottlenecks: the error target that picks each proposed rank (default %(default)g)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("run", help="run a model on the reference executor", epilog=EXAMPLES["run"])
+    p = sub.add_parser("run", parents=[common], help="run a model on the reference executor", epilog=EXAMPLES["run"])
     p.add_argument("model")
     p.add_argument("--inputs", help="a .npz of inputs keyed by input name (default: seeded random inputs)")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
@@ -115,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a summary of each output as JSON")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
+    p = sub.add_parser("verify", parents=[common], help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
     p.add_argument("reference", help="the reference model (usually the original)")
     p.add_argument("candidate", help="the model to check against it")
     p.add_argument("--inputs", help="a .npz of inputs (default: seeded random inputs that respect dtypes)")
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("zoo", help="optimize and verify many models; a regression report", epilog=EXAMPLES["zoo"])
+    p = sub.add_parser("zoo", parents=[common], help="optimize and verify many models; a regression report", epilog=EXAMPLES["zoo"])
     p.add_argument("models", nargs="*", help=".onnx files or folders (searched recursively)")
     p.add_argument("--builtin", choices=("light",), help="add the onnx package's light model zoo")
     p.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default %(default)s)")
@@ -143,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV")
     p.add_argument("--html", metavar="FILE", help="a self-contained HTML page with per-layer MAC charts")
     p.add_argument("--dask", metavar="ADDRESS", help="run the jobs on the Dask scheduler at ADDRESS")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("passes", help="list the available passes", epilog=EXAMPLES["passes"])
@@ -171,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"internal error ({type(exc).__name__}: {exc}); set NINOPT_DEBUG=1 for the traceback and please report it.")
         return 3
+
+
+@contextlib.contextmanager
+def _working(args, message: str):
+    """A spinner on stderr while long work runs (only on a terminal, never with --quiet or --json)."""
+    console = Console(stderr=True)
+    if args.quiet or getattr(args, "json", False) or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
 
 
 def _console() -> Console:
@@ -206,14 +220,15 @@ def cmd_optimize(args) -> int:
         if args.max_error <= 0:
             raise NinoptError("--max-error must be positive.")
         bottleneck = api.BottleneckOptions(args.max_error, _load_inputs(args.calibration), args.relu_bottleneck)
-    result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
-                          shapes=dict(args.shape) or None, tolerance=args.tolerance,
-                          verify_each_pass=args.verify_each_pass, bottleneck=bottleneck)
-    external = {"auto": None, "yes": True, "no": False}[args.external_data]
-    result.save(target, external_data=external)
+    with _working(args, f"optimizing {source.name}"):
+        result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
+                              shapes=dict(args.shape) or None, tolerance=args.tolerance,
+                              verify_each_pass=args.verify_each_pass, bottleneck=bottleneck)
+        external = {"auto": None, "yes": True, "no": False}[args.external_data]
+        result.save(target, external_data=external)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    else:
+    elif not args.quiet:
         _print_optimize(result, target)
     return 0
 
@@ -256,6 +271,8 @@ def cmd_analyze(args) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
+    if args.quiet:
+        return 0
     console = _console()
     table = Table(title=f"costs of {args.model}")
     for col in ("node", "op", "output shapes", "MACs", "params"):
@@ -272,12 +289,16 @@ BOTTLENECK_COLUMNS = ("layer", "op", "shape", "macs", "structure", "rank", "macs
 
 
 def _analyze_bottlenecks(args) -> int:
-    report = api.analyze_bottlenecks(args.model, calibration=_load_inputs(args.calibration), max_error=args.max_error)
+    with _working(args, "measuring weight and activation spectra"):
+        report = api.analyze_bottlenecks(args.model, calibration=_load_inputs(args.calibration),
+                                         max_error=args.max_error)
     rows = report.rows()
     if args.csv:
         _write_rows(Path(args.csv), BOTTLENECK_COLUMNS, [[row.get(c, "") for c in BOTTLENECK_COLUMNS] for row in rows])
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=float))
+        return 0
+    if args.quiet:
         return 0
     evidence = "calibration inputs" if report.evidence == "calibration" else "seeded random inputs (weaker evidence)"
     table = Table(title=f"bottleneck opportunities in {args.model}, activations from {evidence}")
@@ -327,7 +348,8 @@ def cmd_run(args) -> int:
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
     feeds, _ = prepare_feeds(graph, _load_inputs(args.inputs), dict(args.shape) or None, args.seed)
-    outputs = executor.run(feeds)
+    with _working(args, f"running {Path(args.model).name}"):
+        outputs = executor.run(feeds)
     if args.output:
         from optimizer.onnx_io import atomic_writer
 
@@ -338,6 +360,8 @@ def cmd_run(args) -> int:
                for name, value in outputs.items()]
     if args.json:
         print(json.dumps({"outputs": summary, "written": args.output}, indent=2))
+        return 0
+    if args.quiet:
         return 0
     table = Table(title=f"outputs of {args.model}")
     for col in ("output", "shape", "dtype", "min", "max"):
@@ -365,12 +389,14 @@ def cmd_verify(args) -> int:
                 defaults[kind] = value
             else:
                 per_output[kind][name] = value
-    report = api.verify(args.reference, args.candidate, inputs=_load_inputs(args.inputs),
-                        shapes=dict(args.shape) or None, seed=args.seed, atol=defaults["atol"], rtol=defaults["rtol"],
-                        per_output_atol=per_output["atol"], per_output_rtol=per_output["rtol"])
+    with _working(args, "running both models"):
+        report = api.verify(args.reference, args.candidate, inputs=_load_inputs(args.inputs),
+                            shapes=dict(args.shape) or None, seed=args.seed, atol=defaults["atol"],
+                            rtol=defaults["rtol"], per_output_atol=per_output["atol"],
+                            per_output_rtol=per_output["rtol"])
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
-    else:
+    elif not args.quiet:
         table = Table(title=f"{args.candidate} against {args.reference}")
         for col in ("output", "verdict", "max |d|", "max rel d", "cosine", "argmax agree", "min atol", "min rtol"):
             table.add_column(col)
@@ -409,7 +435,7 @@ def cmd_zoo(args) -> int:
         if comparison is not None:
             data["baseline"] = {"regressions": comparison.regressions, "notes": comparison.notes}
         print(json.dumps(data, indent=2))
-    else:
+    elif not args.quiet:
         console = _console()
         zoo.render_table(report, console)
         for line in comparison.notes if comparison else []:

@@ -226,3 +226,12 @@ def test_zoo_over_the_light_models_with_json_and_html(tmp_path: Path) -> None:
 def test_zoo_with_a_missing_path_is_bad_input(tmp_path: Path) -> None:
     result = _run("zoo", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and result.stderr.startswith("ninopt: error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["optimize", "{model}", "-o", "{out}"], ["analyze", "{model}"],
+                                     ["run", "{model}"], ["verify", "{model}", "{model}"]])
+def test_quiet_prints_nothing_and_keeps_the_exit_code(command: list[str], tmp_path: Path) -> None:
+    model = FIXTURES / "repvgg_stage.onnx"
+    args = [a.format(model=model, out=tmp_path / "out.onnx") for a in command] + ["--quiet"]
+    result = _run(*args)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
