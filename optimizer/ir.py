@@ -472,6 +472,7 @@ class Graph:
             raise ValueError(f"cannot bypass {node!r}: {blocker}")
         src, dst = node.inputs[input_index], node.outputs[output_index]
         if self.is_graph_output(dst):
+            self.replace_all_uses(dst, src)  # readers of the output too; the rename gives them its name back
             self.remove_node(node)
             self.rename_tensor(src, dst)
         else:

@@ -146,6 +146,8 @@ def _note_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
 
 def _dim(d) -> int | str | None:
     if d.HasField("dim_value"):
+        if d.dim_value < 0:
+            raise NinoptError(f"a declared shape has the negative dimension {d.dim_value}.")
         return int(d.dim_value)
     if d.HasField("dim_param"):
         return d.dim_param
@@ -264,7 +266,7 @@ def _lazy_constant(tp: onnx.TensorProto, source: Source) -> Constant:
     dtype = elem_type_to_dtype(tp.data_type)
     shape = tuple(tp.dims)
     if tp.data_location != onnx.TensorProto.EXTERNAL:
-        return Constant(loader=lambda: numpy_helper.to_array(tp), proto=tp, dtype=dtype, shape=shape)
+        return Constant(loader=lambda: _embedded_array(tp, dtype, shape), proto=tp, dtype=dtype, shape=shape)
     path, offset, length = _external_location(tp, source)
     source.external = True
     source.external_files.add(path)
@@ -282,6 +284,18 @@ def _lazy_constant(tp: onnx.TensorProto, source: Source) -> Constant:
         return numpy_helper.to_array(copy)
 
     return Constant(loader=read, proto=tp, dtype=dtype, shape=shape)
+
+
+def _embedded_array(tp: onnx.TensorProto, dtype: np.dtype | None, shape: tuple[int, ...]) -> np.ndarray:
+    """An initializer's value; a raw_data length that contradicts its shape is bad input, not a crash."""
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if dtype is not None else None
+    if tp.HasField("raw_data") and expected is not None and dtype.kind in "biufc" and len(tp.raw_data) != expected:
+        raise NinoptError(f"initializer {tp.name!r} holds {len(tp.raw_data)} bytes but its shape {shape} and type "
+                          f"need {expected}.")
+    try:
+        return numpy_helper.to_array(tp)
+    except ValueError as exc:
+        raise NinoptError(f"initializer {tp.name!r} cannot be read: {_first_line(exc)}.") from None
 
 
 def _external_location(tp: onnx.TensorProto, source: Source) -> tuple[Path, int, int]:

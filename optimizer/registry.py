@@ -65,7 +65,10 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    importlib.import_module("passes")
+    builtin = importlib.import_module("passes")
+    if getattr(builtin, "__file__", None) is None:  # a namespace package: some other passes/ folder won
+        raise NinoptError(f"the built-in passes could not be loaded: 'passes' resolves to {list(builtin.__path__)}, "
+                          f"not ninopt's package; run ninopt from another folder.")
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from optimizer.errors import NinoptError
-from optimizer.executor import Executor
+from optimizer.executor import Executor, ResourceLimitError, default_max_tensor_bytes
 from optimizer.ir import Graph
 
 
@@ -109,6 +109,10 @@ def random_inputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]] | None = N
             raise NinoptError(f"Input {name!r} has no numeric element type, so no random value can be made for it; "
                               f"pass the input explicitly.")
         shape = tuple(int(d) for d in shapes[name]) if name in shapes else _resolve(name, declared[name], bound)
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if nbytes > default_max_tensor_bytes():
+            raise ResourceLimitError(f"Input {name!r} of shape {shape} would take {nbytes:,} bytes, more than the "
+                                     f"executor's limit of {default_max_tensor_bytes():,} bytes.")
         result[name] = _random(rng, shape, dtype)
     return result
 
@@ -128,16 +132,17 @@ def _check_given_shape(name, given, declared, bound) -> None:
 
 def _resolve(name, declared, bound) -> tuple[int, ...]:
     if declared is None:
-        raise NinoptError(f"Input {name!r} has no declared shape; pass it with --shape {name}=d0,d1,...")
+        raise NinoptError(f"Input {name!r} has no declared shape; pass it with --shape {name}:d0xd1x...")
     dims = []
     for axis, d in enumerate(declared):
-        if isinstance(d, int):
+        if isinstance(d, int) and d > 0:
             dims.append(d)
         elif isinstance(d, str) and d in bound:
             dims.append(bound[d])
         else:
-            what = f"dimension {d!r}" if d else "an unnamed dynamic dimension"
-            raise NinoptError(f"Input {name!r} has {what} on axis {axis}; pass its shape with --shape {name}=d0,d1,...")
+            what = (f"size {d}" if isinstance(d, int) else f"dimension {d!r}") if d is not None and d != "" \
+                else "an unnamed dynamic dimension"
+            raise NinoptError(f"Input {name!r} has {what} on axis {axis}; pass its shape with --shape {name}:d0xd1x...")
     return tuple(dims)
 
 

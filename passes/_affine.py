@@ -108,6 +108,8 @@ def replace_node(g: Graph, old: Node, inputs: list[str], output: str, changed: d
     """Add the op ``old`` was (already removed), with new inputs and output, keeping its name and attributes."""
     new = g.add_node(old.op_type, inputs, [output], dict(old.attrs), name=old.name, domain=old.domain,
                      proto=old.proto)
+    for key in old.changed_attrs:  # attributes an earlier pass set (e.g. fold-pad's pads) differ from the proto's
+        g.set_attr(new, key, old.attrs.get(key))
     for key, value in (changed or {}).items():
         g.set_attr(new, key, value)
     return new

@@ -39,8 +39,9 @@ class FoldPad(RewritePass):
     Exact because Conv pads with zeros and AveragePool with ``count_include_pad=1`` counts
     its pads as zeros in the average, just as the explicit Pad did. MaxPool pads with -inf,
     so a zero Pad is refused there; so are non-zero values, reflect/edge/wrap modes, crops
-    (negative pads), batch/channel pads, auto_pad SAME (no explicit pads to add to) and
-    ceil_mode pooling (a window may start in the Pad's end zeros but not in pads).
+    (negative pads), batch/channel pads, auto_pad SAME (no explicit pads to add to),
+    ceil_mode pooling (a window may start in the Pad's end zeros but not in pads) and
+    AveragePool pads that would reach the kernel size (onnxruntime refuses such a pool).
     """
 
     pattern = P.op("Conv|AveragePool|MaxPool", P.Pad("x", ..., out="padded", node="pad"), ..., node="reader")
@@ -75,7 +76,19 @@ class FoldPad(RewritePass):
             return m.fail("the Pad pads the batch or channel axis")
         if min(pads) < 0:
             return m.fail("the Pad crops (negative pads)")
+        if reader.op_type == "AveragePool":
+            kernel = reader.attr("kernel_shape")
+            if any(p >= kernel[i % len(kernel)] for i, p in enumerate(self._merged_pads(reader, pads, rank))):
+                return m.fail("the AveragePool's pads would reach its kernel size, which runtimes refuse")
         return m
+
+    @staticmethod
+    def _merged_pads(reader, added: list[int], rank: int) -> list[int]:
+        """The reader's spatial pads (begins + ends) plus the Pad's (``added`` covers all ``rank`` axes)."""
+        n = rank - 2
+        old = [0] * (2 * n) if reader.attr("auto_pad", "NOTSET") == "VALID" else reader.attr("pads") or [0] * (2 * n)
+        spatial = added[2:rank] + added[rank + 2:]
+        return [int(a) + int(b) for a, b in zip(old, spatial)]
 
     @staticmethod
     def _rank(g, reader) -> int | None:
@@ -87,13 +100,10 @@ class FoldPad(RewritePass):
     def rewrite(self, g, m):
         pad, reader = m.node("pad"), m.node("reader")
         rank = self._rank(g, reader)
-        n = rank - 2
         added, _ = pad_amounts(g, pad, rank)
-        old = reader.attr("pads") or [0] * (2 * n)
+        pads = self._merged_pads(reader, added, rank)
         if reader.attr("auto_pad", "NOTSET") == "VALID":  # VALID ignores any pads attribute
             g.set_attr(reader, "auto_pad", None)
-            old = [0] * (2 * n)
-        spatial = added[2:rank] + added[rank + 2:]
-        g.set_attr(reader, "pads", [int(a) + int(b) for a, b in zip(old, spatial)])
+        g.set_attr(reader, "pads", pads)
         g.set_input(reader, 0, m["x"])
         g.remove_node(pad)

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.cli import main
 
@@ -83,64 +82,7 @@ def test_help_shows_an_example() -> None:
     assert out.returncode == 0 and "example: ninopt optimize" in out.stdout
 
 
-# ---------------------------------------------------------------- bad input
-def _bad_models(tmp: Path) -> dict[str, Path]:
-    resnet = (LIGHT / "light_resnet50.onnx").read_bytes()
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graphs = {
-        "cycle": helper.make_graph([helper.make_node("Relu", ["b"], ["y"]), helper.make_node("Relu", ["y"], ["b"])],
-                                   "g", [x], [y]),
-        "duplicate_producer": helper.make_graph([helper.make_node("Relu", ["x"], ["y"]),
-                                                 helper.make_node("Neg", ["x"], ["y"])], "g", [x], [y]),
-        "undefined_input": helper.make_graph([helper.make_node("Add", ["x", "nowhere"], ["y"])], "g", [x], [y]),
-        "unproduced_output": helper.make_graph([helper.make_node("Relu", ["x"], ["z"])], "g", [x], [y]),
-    }
-    files = {
-        "empty": b"",
-        "random_bytes": np.random.default_rng(0).bytes(4096),
-        "truncated": resnet[: len(resnet) // 2],
-        "not_a_model": numpy_helper.from_array(np.ones((3, 3), np.float32)).SerializeToString(),
-        "text": b"this is not an ONNX model\n",
-    }
-    files.update({k: helper.make_model(g).SerializeToString() for k, g in graphs.items()})
-    paths = {}
-    for name, data in files.items():
-        paths[name] = tmp / f"{name}.onnx"
-        paths[name].write_bytes(data)
-    paths["missing"] = tmp / "missing.onnx"
-    paths["directory"] = tmp
-    return paths
-
-
-@pytest.mark.parametrize("case", ["empty", "random_bytes", "truncated", "not_a_model", "text", "cycle",
-                                  "duplicate_producer", "undefined_input", "unproduced_output", "missing",
-                                  "directory"])
-@pytest.mark.parametrize("command", ["optimize", "analyze"])
-def test_bad_model_gets_one_sentence_and_exit_2(case: str, command: str, tmp_path: Path) -> None:
-    path = _bad_models(tmp_path)[case]
-    before = _digest(path) if path.is_file() else None
-    out = tmp_path / "out.onnx"
-    args = [command, str(path)] + (["-o", str(out)] if command == "optimize" else [])
-    result = _run(*args)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ninopt: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert not out.exists()
-    assert not list(tmp_path.glob(".out.onnx*")), "a temporary file was left behind"
-    if before is not None:
-        assert _digest(path) == before
-
-
-def test_library_raises_ninopt_error_for_bad_model(tmp_path: Path) -> None:
-    import optimizer
-
-    for case, path in _bad_models(tmp_path).items():
-        with pytest.raises(optimizer.NinoptError):
-            optimizer.optimize(path)
-
-
+# ---------------------------------------------------------------- bad input (the full corpus: test_bad_input.py)
 def test_refuses_to_overwrite_the_input(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes((LIGHT / "light_squeezenet.onnx").read_bytes())

@@ -93,7 +93,7 @@ def test_given_inputs_are_used_as_is():
 
 
 def test_dynamic_dim_without_shape_names_the_flag():
-    with pytest.raises(NinoptError, match=r"Input 'x' has dimension 'N' on axis 0; pass its shape with --shape x="):
+    with pytest.raises(NinoptError, match=r"Input 'x' has dimension 'N' on axis 0; pass its shape with --shape x:"):
         verify(*graphs())
 
 

@@ -22,8 +22,16 @@ from optimizer.executor.window import Window, pad_for, window
 IM2COL_BYTES = 8 << 20
 
 
+def _check_float(ctx, *arrays: np.ndarray) -> None:
+    """Conv and ConvTranspose are defined on floating-point tensors only (an int model is malformed)."""
+    for array in arrays:
+        if array is not None and array.dtype.kind != "f":
+            raise TypeError(f"{ctx.node.op_type} is defined on floating-point tensors, not {array.dtype}")
+
+
 def conv(ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """ONNX Conv for any number of spatial axes."""
+    _check_float(ctx, x, w, b)
     group = int(ctx.attr("group", 1))
     kernel_shape = tuple(ctx.attr("kernel_shape") or w.shape[2:])
     win = window(ctx, x.shape[2:], kernel_shape)
@@ -106,6 +114,7 @@ def _fused_conv(ctx, x, w, b=None, z=None):
 @kernel("ConvTranspose")
 def _conv_transpose(ctx, x, w, b=None):
     """Matmul to columns, then scatter-add each kernel tap into the strided output (col2im)."""
+    _check_float(ctx, x, w, b)
     group = int(ctx.attr("group", 1))
     n, c = x.shape[:2]
     mg = w.shape[1]

@@ -53,6 +53,10 @@ class Executor:
         #: largest tensor (in bytes) a kernel may allocate; bodies of If/Loop use their root's
         self.max_tensor_bytes = default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes)
         self._limits = self if _parent is None else _parent._limits
+        newest = onnx.defs.onnx_opset_version()
+        if _parent is None and self.graph.opset("") > newest:
+            raise NinoptError(f"The model imports ai.onnx opset {self.graph.opset('')}, newer than any this executor "
+                              f"knows (up to {newest}), so what its ops compute is unknown.")
         problems: list[UnsupportedOp] = []
         self._steps = self._plan(problems)
         if problems and _parent is None:
