@@ -47,6 +47,20 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _size_arg(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 2G, 512M or 1048576, got {text!r}")
+    return value
+
+
 def _tolerance_arg(text: str) -> tuple[str | None, float]:
     name, sep, value = text.rpartition(":")
     try:
@@ -70,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors (and --json output); no progress display")
+    common.add_argument("--max-tensor-bytes", type=_size_arg, metavar="SIZE",
+                        help="refuse, before allocating, any tensor larger than SIZE (e.g. 2G, 512M; "
+                             "default: half the machine's memory)")
 
     p = sub.add_parser("optimize", parents=[common], help="rewrite a model and verify the result", epilog=EXAMPLES["optimize"])
     p.add_argument("model", help="input .onnx file (never modified)")
@@ -159,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "max_tensor_bytes", None):
+            from optimizer.executor import set_max_tensor_bytes
+
+            set_max_tensor_bytes(args.max_tensor_bytes)
         return args.func(args) or 0
     except NinoptError as exc:
         _error(str(exc))

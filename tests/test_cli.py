@@ -177,3 +177,22 @@ def test_quiet_prints_nothing_and_keeps_the_exit_code(command: list[str], tmp_pa
     args = [a.format(model=model, out=tmp_path / "out.onnx") for a in command] + ["--quiet"]
     result = _run(*args)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_tensor_size_limit_from_the_flag_and_the_library(tmp_path: Path) -> None:
+    import optimizer
+    from optimizer.executor import set_max_tensor_bytes
+
+    model = FIXTURES / "inception_module.onnx"
+    result = _run("run", str(model), "--max-tensor-bytes", "1M", "-o", str(tmp_path / "y.npz"))
+    assert result.returncode == 2 and "1,048,576 bytes" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "y.npz").exists()
+    assert _run("run", str(model), "--max-tensor-bytes", "64M", "-q").returncode == 0
+    feeds = dict(np.load(FIXTURES / "inception_module_inputs.npz"))
+    set_max_tensor_bytes(1 << 20)
+    try:
+        with pytest.raises(optimizer.NinoptError, match="limit"):
+            optimizer.run(model, feeds)
+    finally:
+        set_max_tensor_bytes(None)
+    assert optimizer.run(model, feeds)["output"].shape == (1, 256, 28, 28)

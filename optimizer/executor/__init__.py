@@ -7,13 +7,14 @@ package registers every kernel module below.
 from optimizer.executor import (  # noqa: F401  (imported to register their kernels)
     control_flow, conv, elementwise, linalg, norm, pool, reduce, resize, shape_ops, tensor,
 )
-from optimizer.executor.core import Executor, default_max_tensor_bytes, run, unsupported_ops
+from optimizer.executor.core import Executor, default_max_tensor_bytes, run, set_max_tensor_bytes, unsupported_ops
 from optimizer.executor.errors import (
     FeedError, KernelError, ResourceLimitError, UnsupportedOp, UnsupportedOpError,
 )
 from optimizer.executor.registry import kernel, lookup, registered_ops
 
 __all__ = [
-    "Executor", "run", "unsupported_ops", "default_max_tensor_bytes", "kernel", "lookup", "registered_ops",
+    "Executor", "run", "unsupported_ops", "default_max_tensor_bytes", "set_max_tensor_bytes", "kernel", "lookup",
+    "registered_ops",
     "FeedError", "KernelError", "ResourceLimitError", "UnsupportedOp", "UnsupportedOpError",
 ]

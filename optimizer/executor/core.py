@@ -25,8 +25,22 @@ from optimizer.ir import Graph, Node
 SUBGRAPH_ATTRS = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
 
 
+_max_tensor_bytes: int | None = None  # set_max_tensor_bytes() overrides the machine-derived default
+
+
+def set_max_tensor_bytes(limit: int | None) -> None:
+    """Set the largest tensor any executor may allocate, process-wide (None: back to the default)."""
+    global _max_tensor_bytes
+    if limit is not None and limit <= 0:
+        raise NinoptError("the tensor size limit must be a positive number of bytes.")
+    _max_tensor_bytes = limit
+
+
 def default_max_tensor_bytes() -> int:
-    """Half of physical memory: larger tensors would thrash or kill the process."""
+    """The limit set by ``set_max_tensor_bytes``, else half of physical memory: larger tensors would thrash
+    or kill the process."""
+    if _max_tensor_bytes is not None:
+        return _max_tensor_bytes
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
