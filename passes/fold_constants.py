@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from optimizer.errors import NinoptError
+from optimizer.executor import default_max_tensor_bytes
 from optimizer.executor.registry import NodeContext, lookup
 from optimizer.pipeline import Pass
 from optimizer.registry import register_pass
@@ -27,7 +28,8 @@ class FoldConstants(Pass):
 
     def run(self, g, stats):
         changed = False
-        limits = SimpleNamespace(max_tensor_bytes=self.max_bytes)
+        cap = min(self.max_bytes, default_max_tensor_bytes())  # --max-tensor-bytes can only lower it
+        limits = SimpleNamespace(max_tensor_bytes=cap)
         for node in g.toposort():
             if node.op_type in NONDETERMINISTIC or node.op_type == "Constant" or node.implicit_inputs \
                     or any(not isinstance(v, (int, float, str, list, np.ndarray)) for v in node.attrs.values()):
@@ -47,11 +49,11 @@ class FoldConstants(Pass):
                 with np.errstate(all="ignore"):
                     result = spec.fn(NodeContext(node, g.opset(node.domain), limits), *values)
             except NinoptError:
-                stats.refuse(f"folding it would allocate more than the {self.max_bytes >> 20} MiB cap")
+                stats.refuse(f"folding it would allocate more than the cap of {cap:,} bytes")
                 continue
             results = result if isinstance(result, tuple) else (result,)
             outputs = [(name, np.asarray(value)) for name, value in zip(node.outputs, results) if name]
-            if any(value.nbytes > self.max_bytes for _, value in outputs):
+            if any(value.nbytes > cap for _, value in outputs):
                 stats.refuse("a folded tensor would exceed the size cap")
                 continue
             g.remove_node(node)
