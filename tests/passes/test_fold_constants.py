@@ -1,0 +1,91 @@
+"""fold-constants: nodes with constant inputs (and Shape of static shapes) become initializers."""
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import LIGHT_ZOO_DIR, ort_run, random_feeds
+from optimizer import onnx_io
+from optimizer.pipeline import PassManager
+from optimizer.registry import get_pass
+
+PASS = "fold-constants"
+
+
+def run(graph):
+    return PassManager([get_pass(PASS).create()]).run(graph).passes[0]
+
+
+def _ops(graph):
+    return [n.op_type for n in graph.nodes]
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=13):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_light_zoo_constant_of_shape_weights_become_initializers():
+    path = os.path.join(LIGHT_ZOO_DIR, "light_squeezenet.onnx")
+    graph = onnx_io.load(path)
+    weights_before = sum(op == "ConstantOfShape" for op in _ops(graph))
+    stats = run(graph)
+    assert weights_before == 39 and "ConstantOfShape" not in _ops(graph)
+    assert stats.rewrites == weights_before
+    convs = [n for n in graph.nodes if n.op_type == "Conv"]
+    assert all(graph.is_const(n.inputs[1]) and graph.const(n.inputs[1]).ndim == 4 for n in convs)
+    feeds = random_feeds(path)
+    for expected, actual in zip(ort_run(path, feeds), ort_run(graph, feeds), strict=True):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_shape_of_a_static_tensor_folds_and_feeds_a_reshape():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = _model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])], [x], [y])
+    graph = onnx_io.load(model)
+    assert run(graph).rewrites == 1
+    assert _ops(graph) == ["Reshape"] and list(graph.const(graph.nodes[0].inputs[1])) == [2, 3, 4]
+    feeds = random_feeds(model)
+    np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
+
+
+def test_refuses_a_huge_constant_before_allocating_it_and_says_why():
+    shape = numpy_helper.from_array(np.array([10**6, 10**6], dtype=np.int64), "shape")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = _model([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+                    helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+                    helper.make_node("Add", ["x", "s"], ["y"])], [x], [y], [shape])
+    graph = onnx_io.load(model)
+    stats = run(graph)
+    assert stats.rewrites == 0 and "ConstantOfShape" in _ops(graph)
+    assert any("cap" in reason for reason in stats.refusals)
+
+
+def test_refuses_graph_outputs_and_skips_random_ops():
+    c = numpy_helper.from_array(np.ones(3, np.float32), "c")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    r = helper.make_tensor_value_info("r", TensorProto.FLOAT, [3])
+    model = _model([helper.make_node("Neg", ["c"], ["y"]),
+                    helper.make_node("RandomUniform", [], ["r"], shape=[3], dtype=1)], [], [y, r], [c])
+    graph = onnx_io.load(model)
+    stats = run(graph)
+    assert stats.rewrites == 0 and stats.refusals == {"its output is a graph output": 1}
+    assert sorted(_ops(graph)) == ["Neg", "RandomUniform"]
+
+
+def test_a_second_run_changes_nothing():
+    graph = onnx_io.load(os.path.join(LIGHT_ZOO_DIR, "light_bvlc_alexnet.onnx"))
+    run(graph)
+    version = graph.version
+    assert run(graph).rewrites == 0 and graph.version == version
+
+
+def test_light_model_stays_checker_valid_after_folding(tmp_path):
+    graph = onnx_io.load(os.path.join(LIGHT_ZOO_DIR, "light_inception_v1.onnx"))
+    run(graph)
+    onnx_io.save(graph, tmp_path / "folded.onnx")
+    onnx.checker.check_model(str(tmp_path / "folded.onnx"), full_check=True)
