@@ -680,6 +680,8 @@ class _Insertion:
                 node_attrs = dict(attrs) if attrs else {}
                 if attrs and "kernel_shape" in attrs:
                     node_attrs["kernel_shape"] = list(w.shape[2:])
+            if b is None and gemm and g.opset(node.domain) < 11:  # Gemm's C is optional only from opset 11
+                b = np.zeros(w.shape[0], np.float32)
             if b is not None:
                 inputs.append(self._init(g, b.astype(np.float32)))
             name = node.name if i == last else g.fresh_name(f"{node.name or y}_{role}")
