@@ -37,7 +37,9 @@ from optimizer.pipeline import PassManager  # noqa: E402
 from optimizer.registry import get_pass  # noqa: E402
 
 
-def ort_latency(graph, feeds, repeats: int = 20) -> float:
+def ort_latencies(graphs, feeds, repeats: int = 60, warmup: int = 10) -> list[float]:
+    """Median onnxruntime latency (ms) of each graph, runs interleaved after a warm-up, so none is
+    measured while BLAS threads of the numpy work before it still spin."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -45,15 +47,19 @@ def ort_latency(graph, feeds, repeats: int = 20) -> float:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_io.to_model_proto(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    session.run(None, feeds)
-    times = []
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle sessions must not spin
+    sessions = [ort.InferenceSession(onnx_io.to_model_proto(g).SerializeToString(), options,
+                                     providers=["CPUExecutionProvider"]) for g in graphs]
+    for _ in range(warmup):
+        for session in sessions:
+            session.run(None, feeds)
+    times = [[] for _ in sessions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+        for session, samples in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            samples.append(time.perf_counter() - start)
+    return [float(np.median(t)) * 1e3 for t in times]
 
 
 def randomize_weights(graph, seed: int):
@@ -83,8 +89,9 @@ def bench(name: str, graph, max_error: float, samples: int) -> dict:
     feeds = random_feeds(original, 2, 9999)
     err = max(relative_error([run(original, f)[o] for f in feeds], [run(graph, f)[o] for f in feeds])
               for o in original.outputs)
+    ms_before, ms_after = ort_latencies([original, graph], feeds[0])
     row = {"model": name, "macs_before": analyze_costs(original).total_macs, "macs_after": analyze_costs(graph).total_macs,
-           "ms_before": ort_latency(original, feeds[0]), "ms_after": ort_latency(graph, feeds[0]),
+           "ms_before": ms_before, "ms_after": ms_after,
            "inserted": stats.rewrites, "layers": stats.matches, "calib_error": max((d["model_error"] for d in stats.decisions), default=0.0),
            "fresh_error": err, "seconds": seconds}
     print(f"{name:32s} MACs {row['macs_before'] / 1e6:9.1f}M -> {row['macs_after'] / 1e6:9.1f}M "
