@@ -158,6 +158,8 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
     after = GraphSummary.of(graph, shapes)
     verification = None
+    if verify and (problem := onnx_io.schema_problem(graph)) is not None:
+        raise VerificationError(f"the optimized model is not valid ONNX ({problem}); nothing was written.")
     if verify:
         verification = within_relative_error(reference, Executor(graph).run(feeds), budget, feeds, used_seed)
         if not verification.passed and raise_on_failure:

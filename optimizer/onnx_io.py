@@ -395,6 +395,19 @@ def inferred_shapes(graph: Graph, pins: dict[str, tuple] | None = None) -> tuple
     return shapes, types
 
 
+def schema_problem(graph: Graph) -> str | None:
+    """What onnx's checker rejects in the graph (op schemas, attributes, input counts), or None.
+
+    The executor is lenient where ONNX is not (e.g. Gemm without C before opset 11), so a
+    rewritten model must pass this too; large weights are left out, as values don't matter.
+    """
+    try:
+        onnx.checker.check_model(to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES))
+    except onnx.checker.ValidationError as exc:
+        return _first_line(exc)
+    return None
+
+
 def _default_shell(graph: Graph) -> onnx.ModelProto:
     shell = onnx.ModelProto()
     shell.producer_name = "ninopt"

@@ -127,5 +127,25 @@ def test_a_wrong_rewrite_is_refused_and_nothing_is_written(tmp_path: Path) -> No
     assert code == 1 and not out.exists()
 
 
+
+
+@register_pass("test-invalid-schema", exact=True, default=False)
+class InvalidSchema(Pass):
+    """Test only: gives a Conv an attribute ONNX does not define (the executor ignores it)."""
+
+    def run(self, g, stats):
+        conv = next(n for n in g.nodes if n.op_type == "Conv")
+        if "bogus" in conv.attrs:
+            return False
+        g.set_attr(conv, "bogus", 1)
+        return True
+
+
+def test_a_rewrite_onnx_rejects_is_refused_although_the_numbers_agree(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError, match="not valid ONNX"):
+        optimizer.optimize(Path(FIXTURES_DIR) / "inception_module.onnx", passes="test-invalid-schema")
+
+
 def teardown_module() -> None:
     unregister_pass("test-break-numerics")
+    unregister_pass("test-invalid-schema")
