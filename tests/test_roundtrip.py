@@ -177,3 +177,33 @@ def test_subgraphs_survive_a_pipeline_and_follow_renamed_outer_names(tmp_path: P
     assert all(n.op_type != "Identity" for n in rewritten.graph.node)
     for expected, actual in zip(_ort_outputs(path), _ort_outputs(rewritten), strict=True):
         np.testing.assert_array_equal(expected, actual)
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    graph = onnx_io.load(FIXTURES / "inception_module.onnx")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx_io.os, "fsync", full_disk)
+    with pytest.raises(onnx_io.NinoptError, match="No space left on device"):
+        onnx_io.save(graph, tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_in_place_replacement_is_atomic(tmp_path: Path, monkeypatch) -> None:
+    """Overwriting a file keeps the old one intact until the new one is complete."""
+    target = tmp_path / "model.onnx"
+    target.write_bytes((FIXTURES / "inception_module.onnx").read_bytes())
+    before = target.read_bytes()
+    graph = onnx_io.load(target)
+
+    def interrupted(fd):
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(onnx_io.os, "fsync", interrupted)
+    with pytest.raises(onnx_io.NinoptError):
+        onnx_io.save(graph, target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
