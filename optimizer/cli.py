@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ninopt",
         description="Optimize ONNX convolutional networks around 1x1 convolutions; every rewrite is verified.",
-        epilog="example: ninopt optimize model.onnx -o model.opt.onnx",
+        epilog="example: ninopt optimize fixtures/repvgg_stage.onnx -o out.onnx (see `ninopt COMMAND --help`)",
     )
     parser.add_argument("--version", action="version", version=f"ninopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
