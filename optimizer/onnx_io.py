@@ -315,7 +315,8 @@ def _external_location(tp: onnx.TensorProto, source: Source) -> tuple[Path, int,
     offset = int(fields.get("offset", 0) or 0)
     dtype = elem_type_to_dtype(tp.data_type)
     default_length = int(np.prod(tuple(tp.dims), dtype=np.int64)) * (dtype.itemsize if dtype is not None else 0)
-    length = int(fields.get("length", 0) or 0) or max(default_length, path.stat().st_size - offset)
+    # without a recorded length the tensor is as long as its shape says (the rest of the file if unknown)
+    length = int(fields.get("length", 0) or 0) or default_length or path.stat().st_size - offset
     if offset < 0 or offset + length > path.stat().st_size:
         raise NinoptError(f"external data file {location!r} is shorter than initializer {tp.name!r} needs.")
     return path, offset, length
@@ -603,6 +604,8 @@ def _external_bytes_for(graph: Graph, info: Tensor):
                 remaining = length
                 while remaining:
                     chunk = f.read(min(_COPY_CHUNK, remaining))
+                    if not chunk:  # the file shrank since it was checked at load
+                        raise NinoptError(f"external data of initializer {info.name!r} ended early in {path}.")
                     out.write(chunk)
                     remaining -= len(chunk)
         return length, copy

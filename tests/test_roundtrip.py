@@ -207,3 +207,31 @@ def test_in_place_replacement_is_atomic(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(onnx_io.NinoptError):
         onnx_io.save(graph, target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_external_data_without_a_recorded_length_reads_just_its_tensor(tmp_path: Path) -> None:
+    """Several tensors share one file: a reference with no length must not swallow the rest of it."""
+    src = _external_model(tmp_path)
+    model = onnx.load(str(src), load_external_data=False)
+    for t in model.graph.initializer:
+        kept = [(e.key, e.value) for e in t.external_data if e.key != "length"]
+        del t.external_data[:]
+        for key, value in kept:
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+    no_length = src.parent / "no_length.onnx"
+    no_length.write_bytes(model.SerializeToString())
+    out = tmp_path / "out.onnx"
+    onnx_io.save(onnx_io.load(no_length), out)
+    assert _initializer_bytes(onnx.load(str(out), load_external_data=False), tmp_path) == \
+        _initializer_bytes(onnx.load(str(src), load_external_data=False), src.parent)
+
+
+def test_external_data_that_shrinks_after_load_is_one_sentence(tmp_path: Path) -> None:
+    src = _external_model(tmp_path)
+    graph = onnx_io.load(src)
+    data = src.parent / "external_weights.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(onnx_io.NinoptError, match="shorter than"):
+        onnx_io.save(graph, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out.onnx.data").exists()
