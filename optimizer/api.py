@@ -163,9 +163,8 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     if verify:
         verification = within_relative_error(reference, Executor(graph).run(feeds), budget, feeds, used_seed)
         if not verification.passed and raise_on_failure:
-            worst = max(verification.failures(), key=lambda o: o.max_rel)
-            raise VerificationError(f"the optimized model fails verification: output {worst.name!r} is off by "
-                                    f"relative {worst.max_rel:.3g} (allowed {budget:g}); nothing was written.")
+            raise VerificationError(f"the optimized model fails verification: {verification.worst_failure()} "
+                                    f"(allowed {budget:g}); nothing was written.")
     return OptimizeResult(graph, report, before, after, verification, names, budget)
 
 

@@ -66,6 +66,14 @@ class VerifyReport:
         """Failing outputs; each carries a one-sentence ``message``."""
         return [o for o in self.outputs if not o.passed]
 
+    def worst_failure(self) -> str | None:
+        """A clause naming the failing output furthest off by relative error; None when all pass."""
+        failures = self.failures()
+        if not failures:
+            return None
+        worst = max(failures, key=lambda o: o.max_rel)
+        return f"output {worst.name!r} is off by relative {worst.max_rel:.3g}"
+
     def __getitem__(self, name: str) -> OutputReport:
         for o in self.outputs:
             if o.name == name:

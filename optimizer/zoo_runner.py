@@ -70,8 +70,7 @@ def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> 
                        "min_atol": _num(o.min_atol), "min_rtol": _num(o.min_rtol)} for o in report.outputs]
     row["verdict"] = "pass" if report.passed else "fail"
     if not report.passed:
-        worst = max(report.failures(), key=lambda o: o.max_rel)
-        row["message"] = f"output {worst.name!r} is off by relative {worst.max_rel:.3g} (allowed {result.budget:g})."
+        row["message"] = f"{report.worst_failure()} (allowed {result.budget:g})."
 
 
 def _layer_macs(before, after) -> list[dict[str, Any]]:
