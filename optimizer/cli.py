@@ -335,7 +335,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.6g}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
@@ -364,7 +364,7 @@ def _write_rows(path: Path, header, rows) -> None:
 
 def cmd_run(args) -> int:
     from optimizer.executor import Executor
-    from optimizer.verification import prepare_feeds
+    from optimizer.verification import json_number, prepare_feeds
 
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
@@ -377,7 +377,8 @@ def cmd_run(args) -> int:
         with atomic_writer(args.output) as f:
             np.savez(f, **outputs)
     summary = [{"name": name, "shape": list(value.shape), "dtype": str(value.dtype),
-                "min": _finite(value.min()) if value.size else None, "max": _finite(value.max()) if value.size else None}
+                "min": json_number(float(value.min())) if value.size else None,
+                "max": json_number(float(value.max())) if value.size else None}
                for name, value in outputs.items()]
     if args.json:
         print(json.dumps({"outputs": summary, "written": args.output}, indent=2))
@@ -388,17 +389,11 @@ def cmd_run(args) -> int:
     for col in ("output", "shape", "dtype", "min", "max"):
         table.add_column(col)
     for row in summary:
-        table.add_row(row["name"], _fmt_shape(row["shape"]), row["dtype"], f"{row['min']:.6g}" if row["min"] is not None
-                      else "", f"{row['max']:.6g}" if row["max"] is not None else "")
+        table.add_row(row["name"], _fmt_shape(row["shape"]), row["dtype"], _cell(row["min"]), _cell(row["max"]))
     _console().print(table)
     if args.output:
         _console().print(f"wrote {args.output}")
     return 0
-
-
-def _finite(value) -> float | str:
-    value = float(value)
-    return value if np.isfinite(value) else str(value)
 
 
 def cmd_verify(args) -> int:

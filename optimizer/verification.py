@@ -46,10 +46,10 @@ class OutputReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "passed": self.passed,
-                "atol": self.atol, "rtol": self.rtol, "max_abs": _num(self.max_abs), "max_rel": _num(self.max_rel),
-                "cosine": _num(self.cosine), "argmax_agreement": self.argmax_agreement,
-                "min_atol": _num(self.min_atol), "min_rtol": _num(self.min_rtol),
-                "min_rtol_alone": _num(self.min_rtol_alone), "message": self.message}
+                "atol": self.atol, "rtol": self.rtol, "max_abs": json_number(self.max_abs), "max_rel": json_number(self.max_rel),
+                "cosine": json_number(self.cosine), "argmax_agreement": self.argmax_agreement,
+                "min_atol": json_number(self.min_atol), "min_rtol": json_number(self.min_rtol),
+                "min_rtol_alone": json_number(self.min_rtol_alone), "message": self.message}
 
 
 @dataclass
@@ -86,7 +86,7 @@ class VerifyReport:
                 "outputs": [o.to_dict() for o in self.outputs]}
 
 
-def _num(x: float) -> float | str:
+def json_number(x: float) -> float | str:
     """JSON has no inf/nan: those become strings."""
     return x if math.isfinite(x) else str(x)
 

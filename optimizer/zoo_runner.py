@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from optimizer import api
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
-from optimizer.verification import _num
+from optimizer.verification import json_number
 
 #: Ops whose per-layer MACs the report keeps (the HTML chart plots them).
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -65,9 +65,9 @@ def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> 
         row["passes"][stats.name] = row["passes"].get(stats.name, 0) + stats.rewrites
     row["layers"] = _layer_macs(analyze_costs(original).nodes, analyze_costs(result.graph).nodes)
     report = result.verification
-    row["max_error"] = _num(max((o.max_rel for o in report.outputs), default=0.0))
-    row["outputs"] = [{"name": o.name, "max_abs": _num(o.max_abs), "max_rel": _num(o.max_rel),
-                       "min_atol": _num(o.min_atol), "min_rtol": _num(o.min_rtol)} for o in report.outputs]
+    row["max_error"] = json_number(max((o.max_rel for o in report.outputs), default=0.0))
+    row["outputs"] = [{"name": o.name, "max_abs": json_number(o.max_abs), "max_rel": json_number(o.max_rel),
+                       "min_atol": json_number(o.min_atol), "min_rtol": json_number(o.min_rtol)} for o in report.outputs]
     row["verdict"] = "pass" if report.passed else "fail"
     if not report.passed:
         row["message"] = f"{report.worst_failure()} (allowed {result.budget:g})."
