@@ -196,3 +196,16 @@ def test_tensor_size_limit_from_the_flag_and_the_library(tmp_path: Path) -> None
     finally:
         set_max_tensor_bytes(None)
     assert optimizer.run(model, feeds)["output"].shape == (1, 256, 28, 28)
+
+
+def test_run_shows_nan_outputs_instead_of_crashing(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = tmp_path / "log.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    np.savez(tmp_path / "x.npz", x=np.array([-1.0, 1.0, 2.0, 3.0], np.float32))
+    result = _run("run", str(model), "--inputs", str(tmp_path / "x.npz"))
+    assert result.returncode == 0 and "nan" in result.stdout, result.stderr
