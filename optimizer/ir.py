@@ -18,7 +18,7 @@ import gc
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 import numpy as np
@@ -187,9 +187,6 @@ class Graph:
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def __iter__(self) -> Iterator[Node]:
-        return iter(self.toposort())
-
     @property
     def nodes(self) -> list[Node]:
         """Nodes in insertion order (cheap); use ``toposort`` when order matters."""
@@ -237,9 +234,6 @@ class Graph:
     def num_uses(self, tensor: str) -> int:
         """Node uses plus one per appearance as a graph output."""
         return len(self._uses.get(tensor, ())) + self.outputs.count(tensor)
-
-    def is_initializer(self, tensor: str) -> bool:
-        return tensor in self.initializers
 
     def const(self, tensor: str) -> np.ndarray | None:
         """The value of an initializer or a Constant op's output, else None."""
@@ -308,15 +302,6 @@ class Graph:
             raise ValueError("the graph has a cycle")
         self._topo_cache = (self.version, order)
         return list(order)
-
-    def has_path(self, src: Node, dst: Node) -> bool:
-        return nx.has_path(self._g, src.id, dst.id)
-
-    def successors(self, node: Node) -> list[Node]:
-        return [self._nodes[nid] for nid in self._g.successors(node.id)]
-
-    def predecessors(self, node: Node) -> list[Node]:
-        return [self._nodes[nid] for nid in self._g.predecessors(node.id)]
 
     def live_nodes(self) -> set[int]:
         """Ids of nodes some graph output depends on (one reverse walk from all outputs)."""
