@@ -701,11 +701,7 @@ class _Insertion:
         g.remove_nodes(reversed(self.added))
         for name in self.initializers:
             g.remove_initializer(name)
-        n = self.node
-        g.add_node(n.op_type, n.inputs, n.outputs, n.attrs, name=n.name, domain=n.domain, proto=n.proto)
-        restored = g.producer(n.outputs[0])
-        restored.changed_attrs = set(n.changed_attrs)
-        self.node = restored
+        self.node = g.add_like(self.node)
 
 
 def _nonnegative(g: Graph, tensor: str) -> bool:

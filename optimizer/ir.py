@@ -354,6 +354,16 @@ class Graph:
         self.version += 1
         return node
 
+    def add_like(self, old: Node, inputs: Iterable[str] | None = None,
+                 outputs: Iterable[str] | None = None) -> Node:
+        """Re-add a removed node, optionally rewired, keeping its op, name, attributes and the
+        record of attributes ``set_attr`` changed (else the export would revert them to the proto's)."""
+        node = self.add_node(old.op_type, old.inputs if inputs is None else inputs,
+                             old.outputs if outputs is None else outputs, dict(old.attrs), name=old.name,
+                             domain=old.domain, proto=old.proto, implicit_inputs=old.implicit_inputs)
+        node.changed_attrs = set(old.changed_attrs)
+        return node
+
     def remove_node(self, node: Node) -> None:
         """Detach an op. Tensors it produced lose their producer (and their row, if unused)."""
         for idx, name_ in enumerate(node.inputs):

@@ -106,10 +106,7 @@ def absorb(g: Graph, node: Node, s: np.ndarray, t: np.ndarray, output: str) -> N
 
 def replace_node(g: Graph, old: Node, inputs: list[str], output: str, changed: dict | None = None) -> Node:
     """Add the op ``old`` was (already removed), with new inputs and output, keeping its name and attributes."""
-    new = g.add_node(old.op_type, inputs, [output], dict(old.attrs), name=old.name, domain=old.domain,
-                     proto=old.proto)
-    for key in old.changed_attrs:  # attributes an earlier pass set (e.g. fold-pad's pads) differ from the proto's
-        g.set_attr(new, key, old.attrs.get(key))
+    new = g.add_like(old, inputs, [output])
     for key, value in (changed or {}).items():
         g.set_attr(new, key, value)
     return new
