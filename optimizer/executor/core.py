@@ -18,6 +18,7 @@ import onnx
 
 from optimizer.errors import NinoptError
 from optimizer.executor.errors import FeedError, KernelError, UnsupportedOp, UnsupportedOpError
+from optimizer.executor.precision import Precision, output_sources
 from optimizer.executor.registry import NodeContext, lookup
 from optimizer.ir import Graph, Node
 
@@ -55,18 +56,34 @@ class _Step:
     outputs: list[str]
     free: list[str] = field(default_factory=list)
     has_subgraphs: bool = False
+    widened_attrs: bool = False  # the kernel reads float types its node names, widened by the precision mode
+    sources: list | None = None  # where each output's type comes from; worked out on first need
 
 
 class Executor:
-    """A graph planned for repeated runs: ``Executor(graph).run({"x": array})``."""
+    """A graph planned for repeated runs: ``Executor(graph).run({"x": array})``.
 
-    def __init__(self, graph: Graph, *, max_tensor_bytes: int | None = None, _parent: Executor | None = None):
+    ``compute_dtype=np.float64`` runs any float model in float64: feeds, initializers,
+    constants and every float tensor inside (If/Loop bodies too) are float64, float target
+    types that ops name (Cast ``to``, EyeLike ``dtype``, ...) become float64, and outputs
+    come back in float64. That run is the numerical truth verification measures against:
+    the original model's float32 run differs from it by the model's own round-off, so an
+    optimized model is judged by how far it is from the truth, relative to that, rather
+    than by bit-equality with another float32 run whose summation order it changed.
+    Without ``compute_dtype``, every tensor has the type the model gives it; float16 and
+    bfloat16 ops compute in float32 and round once per op (see ``precision``).
+    """
+
+    def __init__(self, graph: Graph, *, max_tensor_bytes: int | None = None, compute_dtype: Any = None,
+                 _parent: Executor | None = None):
         from optimizer.onnx_io import inline_functions  # model-local functions run as their bodies
 
         self.graph = graph if _parent is not None else inline_functions(graph)
         #: largest tensor (in bytes) a kernel may allocate; bodies of If/Loop use their root's
         self.max_tensor_bytes = default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes)
         self._limits = self if _parent is None else _parent._limits
+        #: the float types tensors are held and computed in; bodies of If/Loop use their root's
+        self.precision = Precision(compute_dtype) if _parent is None else _parent.precision
         newest = onnx.defs.onnx_opset_version()
         if _parent is None and self.graph.opset("") > newest:
             raise NinoptError(f"The model imports ai.onnx opset {self.graph.opset('')}, newer than any this executor "
@@ -99,8 +116,10 @@ class Executor:
             subgraphs = self._plan_subgraphs(node, problems)
             if spec is None or reason or node.id not in live:
                 continue
-            ctx = NodeContext(node, opset, self._limits, subgraphs)
-            steps.append(_Step(spec.fn, ctx, list(node.inputs), list(node.outputs), has_subgraphs=bool(subgraphs)))
+            attrs = self.precision.kernel_attrs(node)
+            ctx = NodeContext(node, opset, self._limits, subgraphs, attrs)
+            steps.append(_Step(spec.fn, ctx, list(node.inputs), list(node.outputs), has_subgraphs=bool(subgraphs),
+                               widened_attrs=attrs is not None))
         self._set_lifetimes(steps)
         return steps
 
@@ -135,7 +154,7 @@ class Executor:
         if self._constants is None:
             self._constants = {}
             for name in self.graph.initializers:  # default values, also of overridable (input-listed) ones
-                view = np.asarray(self.graph.initializer_value(name)).view()
+                view = self.precision.held(np.asarray(self.graph.initializer_value(name))).view()
                 view.flags.writeable = False
                 self._constants[name] = view
         return dict(self._constants)
@@ -162,9 +181,13 @@ class Executor:
         return [env[name] for name in self.graph.outputs]
 
     def _execute(self, env: dict[str, Any]) -> None:
+        precision = self.precision
         with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
             for step in self._steps:
                 args = [env[name] if name else None for name in step.inputs]
+                stored = None  # the inputs' own dtypes, when some were widened for the kernel
+                if not step.has_subgraphs:  # bodies adapt their own ops; If/Loop pass values through as held
+                    args, stored = precision.kernel_inputs(args)
                 ctx = step.ctx
                 if step.has_subgraphs:
                     ctx.outer = env
@@ -179,9 +202,15 @@ class Executor:
                     ctx.outer = None
                 if not isinstance(result, tuple):
                     result = (result,)
-                for name, value in zip(step.outputs, result):
+                values = [np.asarray(value) if name and not isinstance(value, np.ndarray) else value
+                          for name, value in zip(step.outputs, result)]
+                if precision.compute_dtype is not None or stored is not None or step.widened_attrs:
+                    if step.sources is None:
+                        step.sources = output_sources(ctx.node, ctx.opset)
+                    values = precision.kernel_outputs(step.sources, values, stored)
+                for name, value in zip(step.outputs, values):
                     if name:
-                        env[name] = value if isinstance(value, np.ndarray) else np.asarray(value)
+                        env[name] = value
                 for name in step.free:
                     env.pop(name, None)
 
@@ -202,12 +231,13 @@ class Executor:
             array = np.asarray(value)
             info = graph.tensors.get(name)
             expected = info.dtype if info is not None else None
-            if expected is not None and array.dtype != expected:
+            if expected is not None and array.dtype != expected \
+                    and not self.precision.accepts_feed(array.dtype, expected):
                 raise FeedError(f"Input {name!r} has dtype {array.dtype}, but the model expects {expected}.")
             shape = info.shape if info is not None else None
             if shape is not None:
                 _check_shape(name, array.shape, shape, bound)
-            checked[name] = array
+            checked[name] = self.precision.held(array)
         return checked
 
 
@@ -247,6 +277,7 @@ def unsupported_ops(graph: Graph) -> list[UnsupportedOp]:
     return []
 
 
-def run(graph: Graph, feeds: Mapping[str, Any], *, max_tensor_bytes: int | None = None) -> dict[str, np.ndarray]:
-    """Plan and run ``graph`` once."""
-    return Executor(graph, max_tensor_bytes=max_tensor_bytes).run(feeds)
+def run(graph: Graph, feeds: Mapping[str, Any], *, max_tensor_bytes: int | None = None,
+        compute_dtype: Any = None) -> dict[str, np.ndarray]:
+    """Plan and run ``graph`` once (``compute_dtype=np.float64``: the float64 truth run, see ``Executor``)."""
+    return Executor(graph, max_tensor_bytes=max_tensor_bytes, compute_dtype=compute_dtype).run(feeds)

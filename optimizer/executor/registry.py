@@ -71,9 +71,10 @@ class NodeContext:
 
     __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer")
 
-    def __init__(self, node, opset: int, limits, subgraphs: dict[str, Any] | None = None):
+    def __init__(self, node, opset: int, limits, subgraphs: dict[str, Any] | None = None,
+                 attrs: dict[str, Any] | None = None):
         self.node = node
-        self.attrs = node.attrs
+        self.attrs = node.attrs if attrs is None else attrs  # the executor's precision mode may widen float types
         self.opset = opset
         self.limits = limits  # the owning Executor: its max_tensor_bytes is read at run time
         self.subgraphs = subgraphs or {}
