@@ -5,7 +5,8 @@ package registers every kernel module below.
 """
 
 from optimizer.executor import (  # noqa: F401  (imported to register their kernels)
-    control_flow, conv, elementwise, linalg, norm, pool, reduce, resize, shape_ops, tensor,
+    control_flow, conv, detection, elementwise, indexing, linalg, norm, normalize, pool, quantize, reduce, resize, rnn,
+    sampling, shape_ops, spectral, tensor,
 )
 from optimizer.executor.core import Executor, default_max_tensor_bytes, run, set_max_tensor_bytes, unsupported_ops
 from optimizer.executor.errors import (

@@ -152,6 +152,28 @@ def _mish(ctx, x):
     return x * np.tanh(softplus(x))
 
 
+def swish(x, alpha=1.0):
+    return x * sigmoid(x * x.dtype.type(alpha))
+
+
+@kernel("Swish", since=24)
+def _swish(ctx, x):
+    return swish(x, ctx.attr("alpha", 1.0))
+
+
+@kernel("SwiGLU", since=28)
+def _swiglu(ctx, gate, value):
+    return swish(gate, ctx.attr("alpha", 1.0)) * value
+
+
+@kernel("Shrink", since=9)
+def _shrink(ctx, x):
+    """x + bias below -lambd, x - bias above lambd, 0 between (in the input's type, integers too)."""
+    t = x.dtype.type
+    lambd, bias = ctx.attr("lambd", 0.5), ctx.attr("bias", 0.0)
+    return np.where(x < -lambd, x + t(bias), np.where(x > lambd, x - t(bias), t(0))).astype(x.dtype, copy=False)
+
+
 @kernel("Erf", since=9)
 def _erf(ctx, x):
     return erf(x)
@@ -273,6 +295,16 @@ for _op, _fn in _BINARY.items():
 
 kernel("LessOrEqual", since=12)(lambda ctx, a, b: np.less_equal(a, b))
 kernel("GreaterOrEqual", since=12)(lambda ctx, a, b: np.greater_equal(a, b))
+kernel("BitwiseAnd", since=18)(lambda ctx, a, b: np.bitwise_and(a, b))
+kernel("BitwiseOr", since=18)(lambda ctx, a, b: np.bitwise_or(a, b))
+kernel("BitwiseXor", since=18)(lambda ctx, a, b: np.bitwise_xor(a, b))
+kernel("BitwiseNot", since=18)(lambda ctx, x: np.invert(x))
+
+
+@kernel("BitShift", since=11)
+def _bit_shift(ctx, x, shift):
+    shift = shift.astype(x.dtype, copy=False)
+    return np.left_shift(x, shift) if ctx.attr("direction") == "LEFT" else np.right_shift(x, shift)
 
 
 @kernel("Mod", since=10)

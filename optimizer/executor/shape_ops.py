@@ -103,7 +103,9 @@ def _depth_to_space(ctx, x):
 def _space_to_depth(ctx, x):
     b = int(ctx.attr("blocksize"))
     n, c, h, w = x.shape
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    # opset 28 added DepthToSpace's CRD order (channel-major); DCR, block-major, is the default
+    y = y.transpose(0, 1, 3, 5, 2, 4) if ctx.attr("mode", "DCR") == "CRD" else y.transpose(0, 3, 5, 1, 2, 4)
     return y.reshape(n, c * b * b, h // b, w // b)
 
 
@@ -196,3 +198,15 @@ kernel("Pad", since=2, until=10, check=_pad_check)(
     lambda ctx, x: _pad(ctx, x, ctx.attr("pads"), ctx.attr("value", 0.0)))
 kernel("Pad", since=11, check=_pad_check)(
     lambda ctx, x, pads, value=None, axes=None: _pad(ctx, x, pads, value, axes))
+
+
+@kernel("CenterCropPad", since=18)
+def _center_crop_pad(ctx, x, shape):
+    """Crop (start rounded down) or zero-pad (odd extra to the end) each of ``axes`` to ``shape``, centred."""
+    axes = ctx.attr("axes") or range(x.ndim)
+    pads = [0] * (2 * x.ndim)
+    for axis, target in zip((int(a) % x.ndim for a in axes), _ints(shape)):
+        extra = abs(target - x.shape[axis])
+        sign = 1 if target > x.shape[axis] else -1  # negative pads crop
+        pads[axis], pads[x.ndim + axis] = sign * (extra // 2), sign * (extra - extra // 2)
+    return _pad(ctx, x, pads)
