@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -20,23 +21,50 @@ def _taps(win: Window):
     return itertools.product(*(range(k) for k in win.kernel))
 
 
-def _max_pool_check(node, opset):
-    if len(node.outputs) > 1 and node.outputs[1]:
-        return "the Indices output is not supported"
-    return None
-
-
-@kernel("MaxPool", check=_max_pool_check)
+@kernel("MaxPool")
 def _max_pool(ctx, x):
     win = _windows(ctx, x)
     # the type's lowest finite value (not -inf), as onnxruntime: a window of padding only yields it
     lowest = np.finfo(x.dtype).min if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = pad_for(x, win, lowest)
+    if ctx.wants_output(1):
+        return _max_pool_with_indices(ctx, x, xp, win, lowest)
     y = None
     for tap in _taps(win):
         view = xp[(Ellipsis,) + win.tap_slices(tap)]
         y = view.copy() if y is None else np.maximum(y, view, out=y)
     return y
+
+
+def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):
+    """Values and Indices: the first maximum in window scan order, as a flat index into the input.
+
+    The index runs over N, C and the spatial axes, row-major (``storage_order=0``) or with the
+    spatial axes column-major (``storage_order=1``), as onnxruntime computes it; padding taps
+    never win.
+    """
+    spatial = x.shape[2:]
+    ctx.guard(x.shape[:2] + win.out, np.int64, "Indices output")
+    if ctx.attr("storage_order", 0):
+        axis_strides = np.cumprod((1,) + spatial[:-1])
+    else:
+        axis_strides = np.cumprod((1,) + spatial[::-1][:-1])[::-1]
+    base = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(spatial)) * math.prod(spatial)
+    y = np.full(x.shape[:2] + win.out, lowest, dtype=x.dtype)
+    indices = np.zeros(y.shape, dtype=np.int64)
+    for tap in _taps(win):
+        view = xp[(Ellipsis,) + win.tap_slices(tap)]
+        flat, inside = 0, True
+        for axis, (k, size) in enumerate(zip(tap, spatial)):
+            pos = np.arange(win.out[axis]) * win.strides[axis] + k * win.dilations[axis] - win.pad_begin[axis]
+            shape = [1] * len(spatial)
+            shape[axis] = -1
+            flat = flat + (pos * axis_strides[axis]).reshape(shape)
+            inside = inside & ((pos >= 0) & (pos < size)).reshape(shape)
+        take = inside & (view > y)
+        y = np.where(take, view, y)
+        indices = np.where(take, base + flat, indices)
+    return y, indices
 
 
 @kernel("AveragePool")
@@ -47,8 +75,9 @@ def _average_pool(ctx, x):
     for tap in _taps(win):
         view = xp[(Ellipsis,) + win.tap_slices(tap)]
         y = view.copy() if y is None else np.add(y, view, out=y)
-    y /= _counts(win, x.shape[2:], bool(ctx.attr("count_include_pad", 0))).astype(x.dtype)
-    return y
+    counts = _counts(win, x.shape[2:], bool(ctx.attr("count_include_pad", 0))).astype(x.dtype)
+    # a window of padding only (count_include_pad=0, dilated) averages nothing: 0, as onnxruntime gives
+    return np.divide(y, counts, out=np.zeros_like(y), where=counts > 0)
 
 
 def _counts(win: Window, spatial, include_pad: bool) -> np.ndarray:
@@ -75,3 +104,22 @@ def _global_average_pool(ctx, x):
 @kernel("GlobalMaxPool")
 def _global_max_pool(ctx, x):
     return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@kernel("LpPool")
+def _lp_pool(ctx, x):
+    """(sum of |x|^p over the window)^(1/p); padding adds nothing."""
+    win = _windows(ctx, x)
+    p = x.dtype.type(ctx.attr("p", 2))
+    xp = pad_for(x, win, 0)
+    y = None
+    for tap in _taps(win):
+        powers = np.abs(xp[(Ellipsis,) + win.tap_slices(tap)]) ** p
+        y = powers if y is None else np.add(y, powers, out=y)
+    return y ** (1 / p)
+
+
+@kernel("GlobalLpPool", since=2)
+def _global_lp_pool(ctx, x):
+    p = x.dtype.type(ctx.attr("p", 2))
+    return np.sum(np.abs(x) ** p, axis=tuple(range(2, x.ndim)), keepdims=True) ** (1 / p)

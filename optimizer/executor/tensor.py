@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
+import onnx
 
 from optimizer.executor.registry import kernel
-from optimizer.ir import elem_type_to_dtype
+from optimizer.ir import dtype_to_elem_type, elem_type_to_dtype
 
 
 @kernel("Identity")
@@ -49,14 +51,37 @@ def _cast_check(node, opset):
     return None
 
 
+def cast(ctx, x: np.ndarray, to: int) -> np.ndarray:
+    """``x`` as ONNX element type ``to``; float8 targets saturate (from opset 19, unless ``saturate=0``).
+
+    Saturating clamps to the type's largest finite value before rounding to nearest even, so
+    out-of-range values and infinities become that value rather than NaN; float8 e8m0 (a
+    power of two) rounds as ``round_mode`` says, with onnx's own converter.
+    """
+    saturate = ctx.opset >= 19 and bool(ctx.attr("saturate", 1))
+    if to == onnx.TensorProto.FLOAT8E8M0:
+        return onnx.numpy_helper.to_float8e8m0(x, saturate, ctx.attr("round_mode", "up"))
+    dtype = elem_type_to_dtype(to)
+    if saturate and dtype.name.startswith("float8") and x.dtype.kind in "fV":
+        largest = float(ml_dtypes.finfo(dtype).max)
+        x = np.clip(x.astype(np.float32), -largest, largest)
+    return x.astype(dtype, copy=False)
+
+
 @kernel("Cast", check=_cast_check)
 def _cast(ctx, x):
-    return x.astype(elem_type_to_dtype(ctx.attr("to")), copy=False)
+    return cast(ctx, x, ctx.attr("to"))
+
+
+@kernel("BitCast", since=26, check=_cast_check)
+def _bit_cast(ctx, x):
+    """The same bytes read as another type of the same width."""
+    return (x if x.flags.c_contiguous else x.copy()).view(elem_type_to_dtype(ctx.attr("to")))
 
 
 @kernel("CastLike", since=15)
 def _cast_like(ctx, x, like):
-    return x.astype(like.dtype, copy=False)
+    return cast(ctx, x, dtype_to_elem_type(like.dtype))
 
 
 @kernel("Range", since=11)

@@ -59,7 +59,8 @@ def _model_with_unknown_ops() -> onnx.ModelProto:
                                     [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)])
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="ok"),
              helper.make_node("Frobnicate", ["r"], ["f"], name="first"),
-             helper.make_node("MaxPool", ["f"], ["p", "idx"], kernel_shape=[2], name="with_indices"),
+             helper.make_node("Constant", [], ["s"], value_string="text", name="string_constant"),
+             helper.make_node("MaxPool", ["f"], ["p"], kernel_shape=[2], name="pool"),
              helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch, name="branch")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4]),
                                            helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
@@ -76,10 +77,10 @@ def test_every_unsupported_op_is_reported_at_once():
     error = info.value
     assert isinstance(error, NinoptError)
     assert [(op.op_type, op.domain, op.opset, op.node) for op in error.ops] == [
-        ("Frobnicate", "", 13, "first"), ("MaxPool", "", 13, "with_indices"), ("FancyOp", "acme.ops", 2, "inner")]
+        ("Frobnicate", "", 13, "first"), ("Constant", "", 13, "string_constant"), ("FancyOp", "acme.ops", 2, "inner")]
     message = str(error)
     assert message.startswith("The executor cannot run 3 ops:") and message.count("\n") == 0
-    for needle in ("Frobnicate (domain ai.onnx, opset 13, node 'first')", "Indices output",
+    for needle in ("Frobnicate (domain ai.onnx, opset 13, node 'first')", "Constant with attribute(s) value_string",
                    "FancyOp (domain acme.ops, opset 2, node 'inner')"):
         assert needle in message
     assert unsupported_ops(graph) == error.ops

@@ -1,14 +1,17 @@
-"""Property tests: the executor agrees with onnxruntime on random Conv, ConvTranspose, pool, Gemm and Resize nodes."""
+"""Property tests: the executor agrees with onnxruntime on random Conv, ConvTranspose, pool, Gemm and Resize nodes.
+
+Hypothesis runs derandomized (the same examples every run, so CI is deterministic) and without an
+example database."""
 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from executor_testing import make_model, run_ort, run_ours
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None, derandomize=True)
 
 
 def rand(seed, *shape):
@@ -88,7 +91,7 @@ def test_conv_transpose_matches_onnxruntime(config, data):
 @st.composite
 def pool_configs(draw):
     nd = draw(st.sampled_from([1, 2, 2, 3]))
-    op = draw(st.sampled_from(["MaxPool", "AveragePool"]))
+    op = draw(st.sampled_from(["MaxPool", "AveragePool", "LpPool"]))
     k = [draw(st.integers(1, 3)) for _ in range(nd)]
     s = [draw(st.integers(1, 3)) for _ in range(nd)]
     d = [draw(st.integers(1, 2)) for _ in range(nd)]
@@ -105,12 +108,19 @@ def pool_configs(draw):
             attrs["dilations"] = [1] * nd  # onnxruntime sizes SAME padding from the undilated kernel
     if op == "AveragePool":
         attrs["count_include_pad"] = int(draw(st.booleans()))
+    elif op == "MaxPool":
+        attrs["storage_order"] = int(draw(st.booleans()))
+    else:
+        attrs["p"] = draw(st.integers(1, 3))
     return op, nd, size, attrs, draw(st.integers(0, 2**16))
 
 
 @settings(max_examples=100, **SETTINGS)
 @given(pool_configs())
+@example(("AveragePool", 3, [1, 1, 1], dict(kernel_shape=[2, 1, 1], strides=[1, 1, 1], dilations=[2, 1, 1],
+                                             pads=[1, 0, 0, 1, 0, 0], count_include_pad=0), 0))  # padding-only window
 def test_pool_matches_onnxruntime(config):
+    """MaxPool also with its Indices output (flat index into N, C and the spatial axes in storage_order)."""
     op, nd, size, attrs, seed = config
     extent = [(kk - 1) * dd + 1 for kk, dd in zip(attrs["kernel_shape"], attrs["dilations"])]
     pads = attrs.get("pads", [0] * 2 * nd)
@@ -119,7 +129,7 @@ def test_pool_matches_onnxruntime(config):
     else:
         assume(all(sz + pads[i] + pads[i + nd] >= e for i, (sz, e) in enumerate(zip(size, extent))))
     x = rand(seed, 2, 3, *size)
-    assert_agree(make_model(op, {"x": x}, opset=19, **attrs), {"x": x})
+    assert_agree(make_model(op, {"x": x}, n_outputs=2 if op == "MaxPool" else 1, opset=19, **attrs), {"x": x})
 
 
 @settings(max_examples=40, **SETTINGS)
@@ -147,8 +157,9 @@ COORDINATE_MODES = ["half_pixel", "asymmetric", "pytorch_half_pixel", "align_cor
        st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]),
        st.integers(1, 6), st.integers(1, 6), st.booleans(),
        st.sampled_from([0.5, 0.6, 1.0, 1.5, 2.0, 2.5, 3.0, 1 / 3]), st.sampled_from([0.5, 0.75, 1.0, 2.0, 3.0]),
-       st.booleans(), st.integers(0, 2**16))
-def test_resize_matches_onnxruntime(mode, coord, nearest, h, w, use_sizes, sh, sw, exclude_outside, seed):
+       st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_resize_matches_onnxruntime(mode, coord, nearest, h, w, use_sizes, sh, sw, exclude_outside, antialias, seed):
+    """antialias=1 stretches linear and cubic filters when downscaling (opset 18)."""
     assume(not (coord == "tf_half_pixel_for_nn" and mode != "nearest"))
     x = rand(seed, 1, 2, h, w)
     out_hw = [max(1, int(h * sh)), max(1, int(w * sw))] if use_sizes else [int(h * sh), int(w * sw)]
@@ -164,7 +175,8 @@ def test_resize_matches_onnxruntime(mode, coord, nearest, h, w, use_sizes, sh, s
     else:
         inits["scales"] = np.array([1, 1, sh, sw], dtype=np.float32)
     attrs = dict(mode=mode, coordinate_transformation_mode=coord, nearest_mode=nearest,
-                 exclude_outside=int(exclude_outside and mode == "cubic"), extrapolation_value=-7.0)
+                 exclude_outside=int(exclude_outside and mode == "cubic"), extrapolation_value=-7.0,
+                 antialias=int(antialias and mode != "nearest"))
     model = make_model("Resize", {"x": x}, initializers=inits, opset=19, **attrs)
     if mode != "nearest":
         assert_agree(model, {"x": x})
