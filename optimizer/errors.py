@@ -14,6 +14,8 @@ class VerificationError(NinoptError):
 
 
 class InvariantError(NinoptError):
-    """A pass left the graph structurally broken; names the pass and the ones before it."""
+    """A pass left the graph structurally broken: a bug of ninopt, not of the model (CLI exit code 3).
 
-    exit_code = 1
+    The message names the pass and the ones before it, so the report can be acted on."""
+
+    exit_code = 3

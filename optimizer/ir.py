@@ -17,6 +17,7 @@ import contextlib
 import gc
 import heapq
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -119,15 +120,38 @@ _CONSTANT_ATTR_DTYPES = {"value_float": np.float32, "value_floats": np.float32, 
                          "value_ints": np.int64}
 
 
+#: A sparse Constant is densified only up to this many elements (a sparse huge tensor stays a node).
+MAX_DENSIFIED_ELEMENTS = 1 << 20
+
+
 def _constant_attr_value(attrs: dict[str, Any]) -> np.ndarray | None:
-    """A Constant op's value from whichever attribute form it uses (sparse and string forms: None)."""
+    """A Constant op's value from whichever attribute form it uses (string forms and large sparse ones: None)."""
     value = attrs.get("value")
     if isinstance(value, np.ndarray):
         return value
     for key, dtype in _CONSTANT_ATTR_DTYPES.items():
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
+    if "sparse_value" in attrs:
+        return _densify(attrs["sparse_value"])
     return None
+
+
+def _densify(sparse: Any) -> np.ndarray | None:
+    """A SparseTensorProto as a dense array (linear [NNZ] or coordinate [NNZ, rank] indices), if small enough."""
+    from onnx import numpy_helper  # the attribute stays protobuf; only its values are read
+
+    dims = tuple(sparse.dims)
+    if int(np.prod(dims, dtype=np.int64)) > MAX_DENSIFIED_ELEMENTS:
+        return None
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dense = np.zeros(dims, dtype=values.dtype)
+    if indices.ndim == 2:
+        dense[tuple(indices.T)] = values
+    else:
+        dense.reshape(-1)[indices] = values
+    return dense
 
 
 @dataclass(eq=False)
@@ -170,6 +194,10 @@ class Graph:
         self._uses: dict[str, dict[tuple[int, int], None]] = {}
         self._ids = itertools.count()
         self._name_counter = itertools.count()
+        #: how many live nodes carry each name, so fresh names avoid node names too
+        self._node_names: Counter[str] = Counter()
+        #: node names the loaded model already repeats (ONNX allows it); passes may not add more
+        self.inherited_duplicate_names: frozenset[str] = frozenset()
         self.tensors: dict[str, Tensor] = {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
@@ -182,6 +210,7 @@ class Graph:
         #: bumped by every mutation; the pass manager compares it to detect a fixpoint
         self.version = 0
         self._topo_cache: tuple[int, list[Node]] | None = None
+        self._subgraph_name_cache: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -316,13 +345,23 @@ class Graph:
 
     # ------------------------------------------------------------------ naming
     def fresh_name(self, base: str) -> str:
-        """A tensor or node name no tensor or node in this graph uses yet."""
+        """A name no tensor, node or subgraph value of this model uses yet: one service for tensor
+        and node names, so an invented ``Add__4`` never collides with a node the exporter named so."""
         base = base or "t"
-        taken = self.tensors
         while True:
             candidate = f"{base}__{next(self._name_counter)}"
-            if candidate not in taken:
+            if (candidate not in self.tensors and candidate not in self._node_names
+                    and candidate not in self._subgraph_names()):
                 return candidate
+
+    def _subgraph_names(self) -> frozenset[str]:
+        """Every value and node name inside If/Loop/Scan bodies (read once: passes never add subgraphs)."""
+        if self._subgraph_name_cache is None:
+            from optimizer.onnx_io import subgraph_names  # subgraphs stay protobuf
+
+            self._subgraph_name_cache = frozenset(
+                name for node in self._nodes.values() for value in node.attrs.values() for name in subgraph_names(value))
+        return self._subgraph_name_cache
 
     # ------------------------------------------------------------------ mutation
     def add_node(self, op_type: str, inputs: Iterable[str], outputs: Iterable[str] | int = 1,
@@ -339,6 +378,7 @@ class Graph:
                     name=self.fresh_name(op_type) if name is None else name, domain=domain,
                     id=next(self._ids), proto=proto, implicit_inputs=tuple(implicit_inputs))
         self._nodes[node.id] = node
+        self._node_names[node.name] += 1
         self._g.add_node(node.id)
         for out in node.outputs:
             if out == "":
@@ -377,6 +417,9 @@ class Graph:
                     self.tensors.pop(out, None)
         self._g.remove_node(node.id)
         del self._nodes[node.id]
+        self._node_names[node.name] -= 1
+        if not self._node_names[node.name]:
+            del self._node_names[node.name]
         for name_ in itertools.chain(node.inputs, node.implicit_inputs):
             if name_ and self._is_orphan(name_):
                 self.tensors.pop(name_, None)
@@ -512,7 +555,7 @@ class Graph:
         node_names: set[str] = set()
         inputs = set(self.inputs)
         for node in self._nodes.values():
-            if node.name:
+            if node.name and node.name not in self.inherited_duplicate_names:
                 if node.name in node_names:
                     problems.append(f"node name {node.name!r} is used twice")
                 node_names.add(node.name)
@@ -546,6 +589,9 @@ class Graph:
         other._uses = {t: dict(u) for t, u in self._uses.items()}
         other._ids = itertools.count(next(self._ids))  # ids are never reused, even across copies
         other._name_counter = itertools.count(next(self._name_counter))
+        other._node_names = Counter(self._node_names)
+        other.inherited_duplicate_names = self.inherited_duplicate_names
+        other._subgraph_name_cache = self._subgraph_name_cache
         other.tensors = {k: Tensor(v.name, v.elem_type, v.shape, v.const) for k, v in self.tensors.items()}
         other.inputs = list(self.inputs)
         other.outputs = list(self.outputs)

@@ -173,4 +173,5 @@ class PassManager:
         problems = g.check_invariants()
         if problems:
             before = ", ".join(dict.fromkeys(history[:-1])) or "none"
-            raise InvariantError(f"pass {name!r} broke the graph: {problems[0]} (passes run before it: {before}).")
+            raise InvariantError(f"internal error: pass {name!r} broke the graph: {problems[0]} (passes run before it: "
+                                 f"{before}); nothing was written, please report it.")
