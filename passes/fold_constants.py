@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from optimizer.cost import infer_shapes
 from optimizer.errors import NinoptError
 from optimizer.executor import default_max_tensor_bytes
 from optimizer.executor.registry import NodeContext, lookup
@@ -19,7 +20,11 @@ NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Random
 class FoldConstants(Pass):
     """Replace nodes whose inputs are all constant (or whose shape is static) by initializers.
 
-    This turns the light zoo's ConstantOfShape weights into initializers later passes can
+    Shape arithmetic folds as far as the shapes are static: a Shape/Size of a tensor whose
+    shape is known (from the tensor table, else from ``infer_shapes``), and a Gather or Slice
+    that picks only static dims out of a partly symbolic Shape (``Shape(x)[1]`` with a dynamic
+    batch), after which the Concat/Cast/Unsqueeze chains feeding Reshape and friends fold as
+    ordinary constants. This turns the light zoo's ConstantOfShape weights into initializers later passes can
     read. ``max_bytes`` caps any one folded tensor: kernels refuse before allocating more, so
     folding never materializes huge tensors (a ConstantOfShape of 10^12 elements stays a node).
     """
@@ -30,12 +35,14 @@ class FoldConstants(Pass):
         changed = False
         cap = min(self.max_bytes, default_max_tensor_bytes())  # --max-tensor-bytes can only lower it
         limits = SimpleNamespace(max_tensor_bytes=cap)
+        shapes = ShapeFacts(g)
         for node in g.toposort():
             if node.op_type in NONDETERMINISTIC or node.op_type == "Constant" or node.implicit_inputs \
                     or any(not isinstance(v, (int, float, str, list, np.ndarray)) for v in node.attrs.values()):
                 continue
-            values = self._static_inputs(g, node)
-            if values is None:
+            values = self._static_inputs(g, node, shapes)
+            shape_pick = None if values is not None else self._shape_pick(g, node, shapes)
+            if values is None and shape_pick is None:
                 continue
             stats.matches += 1
             if any(g.is_graph_output(out) for out in node.outputs):
@@ -47,31 +54,87 @@ class FoldConstants(Pass):
                 continue
             try:
                 with np.errstate(all="ignore"):
-                    result = spec.fn(NodeContext(node, g.opset(node.domain), limits), *values)
+                    inputs = values if values is not None else shape_pick[0]
+                    result = spec.fn(NodeContext(node, g.opset(node.domain), limits), *inputs)
             except NinoptError:
                 stats.refuse(f"folding it would allocate more than the cap of {cap:,} bytes")
                 continue
             results = result if isinstance(result, tuple) else (result,)
             outputs = [(name, np.asarray(value)) for name, value in zip(node.outputs, results) if name]
+            if shape_pick is not None:  # the kernel picked positions of the shape; read the dims there
+                dims = shape_pick[1]
+                if not all(isinstance(dims[p], int) for p in outputs[0][1].reshape(-1)):
+                    stats.refuse("it reads a dimension that is not static")
+                    continue
+                picked = outputs[0][1]
+                outputs = [(outputs[0][0], np.array([dims[p] for p in picked.reshape(-1)], np.int64)
+                            .reshape(picked.shape))]
             if any(value.nbytes > cap for _, value in outputs):
                 stats.refuse("a folded tensor would exceed the size cap")
                 continue
             g.remove_node(node)
             for name, value in outputs:
                 if g.num_uses(name):
-                    g.add_initializer(np.ascontiguousarray(value), name=name)
+                    # np.asarray keeps a 0-d result 0-d (np.ascontiguousarray would make it 1-d)
+                    g.add_initializer(np.asarray(value, order="C"), name=name)
             stats.rewrites += 1
             changed = True
         return changed
 
     @staticmethod
-    def _static_inputs(g, node):
+    def _static_inputs(g, node, shapes):
         """Input values when all are known: constants, or the static shape a Shape/Size reads."""
         if node.op_type in ("Shape", "Size") and node.inputs:
-            shape = g.shape(node.inputs[0])
-            if shape is None or not all(isinstance(d, int) for d in shape):
+            shape = shapes.of(node.inputs[0])
+            window = _shape_window(g, node) if node.op_type == "Shape" else slice(None)
+            if shape is None or not all(isinstance(d, int) for d in shape[window]):
                 return None
-            return [np.broadcast_to(np.zeros((), np.uint8), shape)]  # shape only, no memory
+            # dims outside a Shape's start/end window are not read: any stand-in size will do
+            static = tuple(d if isinstance(d, int) else 1 for d in shape)
+            return [np.broadcast_to(np.zeros((), np.uint8), static)]  # shape only, no memory
         if not g.all_constant(*node.inputs):
             return None
         return [g.const(name) if name else None for name in node.inputs]
+
+    @staticmethod
+    def _shape_pick(g, node, shapes):
+        """For a Gather or Slice of a partly known shape, with constant indices: the kernel's inputs
+        (positions 0..r-1 standing for the shape's dims) and the dims, so the static picks can fold."""
+        if node.op_type not in ("Gather", "Slice") or not node.inputs or not g.all_constant(*node.inputs[1:]):
+            return None
+        source = g.producer(node.inputs[0])
+        if source is None or source.op_type != "Shape" or source.domain not in ("", "ai.onnx"):
+            return None
+        shape = shapes.of(source.inputs[0])
+        if shape is None:
+            return None
+        dims = list(shape[_shape_window(g, source)])
+        positions = np.arange(len(dims), dtype=np.int64)
+        return [positions] + [g.const(name) if name else None for name in node.inputs[1:]], dims
+
+
+def _shape_window(g, node) -> slice:
+    """The dims a Shape op returns: ``start``/``end`` from opset 15 on (clamped like Python slicing), else all."""
+    if g.opset(node.domain) < 15:
+        return slice(None)
+    return slice(node.attr("start", 0), node.attr("end"))
+
+
+class ShapeFacts:
+    """Shapes for folding: the tensor table's when static, else shape inference's (run once, on first need).
+
+    Folding never changes a tensor's shape, so one inference per run stays true while the run rewrites.
+    """
+
+    def __init__(self, g):
+        self._g = g
+        self._inferred = None
+
+    def of(self, name: str):
+        shape = self._g.shape(name)
+        if shape is not None and all(isinstance(d, int) for d in shape):
+            return shape
+        if self._inferred is None:
+            self._inferred = infer_shapes(self._g)
+        inferred = self._inferred.get(name)
+        return shape if inferred is None else inferred  # () is a known shape

@@ -5,7 +5,9 @@ concatenated, residual adds, BatchNormalization, per-channel affines (Mul/Add/Su
 (C,1,1)-like constants, and now and then one that varies spatially and must not fold),
 ReLU/Clip, pooling, zero and non-zero Pads, 1x1 and KxK convs with groups (depthwise
 too), strides, pads, auto_pad and dilations, weights shared between convs, Identity and
-Dropout, and a GlobalAveragePool -> Flatten -> Gemm head. Whatever the draw,
+Dropout, op pairs that cancel (Transpose/Reshape/Unsqueeze-Squeeze/Cast round trips, some
+with Constant-op or Shape-made operands), the same op twice on one tensor, and a
+GlobalAveragePool -> Flatten -> Gemm head. Whatever the draw,
 ``optimizer.optimize`` must keep the outputs (checked again with onnxruntime on fresh
 inputs), never add MACs or nodes, and give a model the onnx checker accepts.
 ``derandomize=True`` keeps CI reproducible; ``NINOPT_FUZZ_EXAMPLES`` asks for more. Each
@@ -32,7 +34,8 @@ EXAMPLES = int(os.environ.get("NINOPT_FUZZ_EXAMPLES", 500))
 FIRED: Counter = Counter()
 #: Exact rewrites the generated networks must reach at least once per run.
 EXERCISED = ("fold-pad", "fold-batchnorm", "fold-affine", "merge-parallel-branches", "canonicalize-conv1x1-gemm",
-             "fuse-conv1x1-chain", "eliminate-identity", "eliminate-dropout", "dedupe-initializers")
+             "fuse-conv1x1-chain", "eliminate-identity", "eliminate-dropout", "dedupe-initializers",
+             "constant-to-initializer", "fold-constants", "eliminate-cancelling-chains", "eliminate-common-subexpressions")
 MAX_CHANNELS = 16
 
 
@@ -100,10 +103,33 @@ class NetBuilder:
         value = self.rng.uniform(0.5, 1.5, shape) * self.rng.choice([-1, 1], shape)
         if layout == "c":  # older exporters: a (C,) constant brought to (C,1,1) by an Unsqueeze
             k = self.node("Unsqueeze", [self.const(value, "a"), self.const([1, 2], "axes", np.int64)], (c, 1, 1))
-        else:
-            k = self.const(value, "a")
+        else:  # now and then a Constant op, as paddle2onnx writes them
+            k = self.constant_node(value) if self.rng.integers(0, 3) == 0 else self.const(value, "a")
         first = const_first and op != "Div"  # c / x is not affine
         return self.node(op, [k, x] if first else [x, k], self.shapes[x])
+
+    def roundtrip(self, x: str, kind: str) -> str:
+        """Two ops that cancel (exporters emit these around layout changes and dtype changes)."""
+        n, c, h, w = shape = self.shapes[x]
+        if kind == "transpose":
+            y = self.node("Transpose", [x], (n, h, w, c), perm=[0, 2, 3, 1])
+            return self.node("Transpose", [y], shape, perm=[0, 3, 1, 2])
+        if kind == "cast":
+            y = self.node("Cast", [x], shape, to=TensorProto.DOUBLE)
+            return self.node("Cast", [y], shape, to=TensorProto.FLOAT)
+        if kind == "unsqueeze":
+            y = self.node("Unsqueeze", [x, self.constant_node([0], np.int64)], (1, *shape))
+            return self.node("Squeeze", [y, self.constant_node([0], np.int64)], shape)
+        y = self.node("Reshape", [x, self.const([n, c * h * w], "s", np.int64)], (n, c * h * w))
+        target = self.node("Shape", [x], (4,)) if kind == "shape-reshape" else self.const(shape, "s", np.int64)
+        return self.node("Reshape", [y, target], shape)
+
+    def constant_node(self, value, dtype=np.float32) -> str:
+        """A constant as a Constant op, as paddle2onnx and older exporters write them."""
+        out = self._name("k")
+        self.nodes.append(helper.make_node("Constant", [], [out], name=out,
+                                           value=numpy_helper.from_array(np.asarray(value, dtype))))
+        return out
 
     def unary(self, x: str, op: str) -> str:
         if op == "Clip":
@@ -223,7 +249,7 @@ def block(draw, b: NetBuilder, x: str) -> str:
     """One random block on ``x``; returns its output tensor."""
     n, c, h, w = b.shapes[x]
     kind = draw(st.sampled_from(["conv", "conv", "conv", "bn", "affine", "act", "pool", "pad", "pad", "noop", "sum",
-                                 "sum", "concat", "residual"]))
+                                 "sum", "concat", "residual", "roundtrip", "twins"]))
     if kind == "conv":
         return b.conv(x, **draw(conv_args(b, x)))
     if kind == "bn":
@@ -234,6 +260,11 @@ def block(draw, b: NetBuilder, x: str) -> str:
         return b.unary(x, draw(st.sampled_from(["Relu", "Clip"])))
     if kind == "noop":
         return b.unary(x, draw(st.sampled_from(["Identity", "Dropout"])))
+    if kind == "roundtrip":
+        return b.roundtrip(x, draw(st.sampled_from(["transpose", "reshape", "shape-reshape", "unsqueeze", "cast"])))
+    if kind == "twins":  # the same op twice on one tensor, summed: common-subexpression elimination merges them
+        op = draw(st.sampled_from(["Relu", "Sigmoid"]))
+        return b.node("Add", [b.unary(x, op), b.unary(x, op)], (n, c, h, w))
     if kind == "pad":  # zero pads fold into a Conv/AveragePool after them; the rest must stay
         pads = [draw(st.integers(0, 2)) for _ in range(4)]
         kind = draw(st.sampled_from(["zero", "zero", "explicit zero", "value", "reflect", "edge"]))

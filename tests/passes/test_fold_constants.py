@@ -89,3 +89,60 @@ def test_light_model_stays_checker_valid_after_folding(tmp_path):
     run(graph)
     onnx_io.save(graph, tmp_path / "folded.onnx")
     onnx.checker.check_model(str(tmp_path / "folded.onnx"), full_check=True)
+
+
+def _dynamic_batch_reshape(opset):
+    """y = Reshape(x, [N, C*H*W]) with the batch N symbolic: Shape(x)[0] stays, Shape(x)[1:] folds."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 60])
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(2, np.int64), "two"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([4], np.int64), "four"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"]),           # symbolic: must stay
+             helper.make_node("Gather", ["s", "two"], ["h"]),            # static 4, scalar
+             helper.make_node("Slice", ["s", "one", "four"], ["chw"]),   # static [3, 4, 5]
+             helper.make_node("ReduceProd", ["chw"], ["prod"], keepdims=1),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Unsqueeze", ["h", "axes"], ["h1"]),
+             helper.make_node("Div", ["prod", "h1"], ["cw"]), helper.make_node("Mul", ["cw", "h1"], ["flat"]),
+             helper.make_node("Concat", ["n1", "flat"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    return _model(nodes, [x], [y], inits, opset=opset)
+
+
+def test_static_dims_fold_out_of_a_partly_symbolic_shape():
+    from conftest import assert_rewrite_agrees
+
+    model = _dynamic_batch_reshape(13)
+    graph = onnx_io.load(model)
+    stats = run(graph)
+    assert sorted(_ops(graph)) == ["Concat", "Gather", "Reshape", "Shape", "Unsqueeze"]
+    assert graph.const("h").shape == () and int(graph.const("h")) == 4  # a scalar stays 0-d
+    assert list(graph.const("flat")) == [60]
+    assert set(stats.refusals) == {"it reads a dimension that is not static"}
+    assert_rewrite_agrees(model, graph)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)}  # batch 3 too
+    np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
+    version = graph.version
+    assert run(graph).rewrites == 0 and graph.version == version
+
+
+def test_a_shape_window_of_static_dims_folds_at_opset_15():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])
+    minus = numpy_helper.from_array(np.array([-1], np.int64), "minus")
+    nodes = [helper.make_node("Shape", ["x"], ["all"], start=0), helper.make_node("Shape", ["x"], ["hw"], start=1),
+             helper.make_node("ReduceProd", ["hw"], ["p"], keepdims=1),
+             helper.make_node("Concat", ["minus", "p"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["r"]),
+             helper.make_node("Gather", ["all", "minus"], ["last"]),  # static 4
+             helper.make_node("Cast", ["last"], ["lastf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["r", "lastf"], ["y"])]
+    model = _model(nodes, [x], [y], [minus], opset=15)
+    graph = onnx_io.load(model)
+    run(graph)
+    assert sorted(_ops(graph)) == ["Div", "Reshape", "Shape"]  # the unread Shape is eliminate-dead-nodes' job
+    assert not graph.consumers("all") and list(graph.const("target")) == [-1, 12]
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
