@@ -5,8 +5,12 @@ Inception v1 and ~4.09 G for ResNet-50, and so passes compare exactly the work t
 
 - ``macs`` counts multiply-accumulates of the linear-algebra ops only: Conv
   (N·Cout·Hout·Wout·(Cin/groups)·kh·kw), ConvTranspose (N·Cin·Hin·Win·(Cout/groups)·kh·kw),
-  Gemm (M·N·K) and MatMul (batch·M·N·K). Bias additions, element-wise, normalization and
-  pooling ops are 0 MACs; their cost is visible as activation bytes instead.
+  Gemm (M·N·K) and MatMul (batch·M·N·K), their integer and QLinear forms, and the recurrent
+  LSTM/GRU/RNN (seq·batch·directions·gates·hidden·(input + hidden)). Bias additions,
+  element-wise, normalization and pooling ops are 0 MACs; their cost is visible as
+  activation bytes instead. Ops whose work this model cannot count are unknown (None), never
+  0: control flow (If/Loop/Scan: the branch or trip count is decided at run time), Einsum,
+  DeformConv, and every op of a non-standard domain (except the fused ones in ``_COSTED_AS``).
 - ``params`` counts the elements of the constant inputs of Conv, ConvTranspose, Gemm,
   MatMul and BatchNormalization. A tensor is constant when it is an initializer or a
   Constant op, or is computed only from constants (the light zoo builds its weights with
@@ -14,8 +18,11 @@ Inception v1 and ~4.09 G for ResNet-50, and so passes compare exactly the work t
   topological order.
 - ``activation_bytes`` counts the bytes of a node's outputs that are not constants.
 - A number that depends on an unknown or symbolic dimension is None (null in JSON). Totals
-  add the known numbers and ``CostReport.unknown`` names the nodes they leave out; pin
-  input dims with ``input_shapes`` to resolve them.
+  add the known numbers; ``CostReport.to_dict()`` says when a total is partial and how many
+  nodes it leaves out (``macs_partial``, ``unknown_macs_nodes``, the same for params and
+  activation bytes), and ``CostReport.unknown`` names them. Pin input dims with
+  ``input_shapes`` to resolve them (``optimizer.analyze`` pins the shapes verification
+  would choose; see ``optimizer.verification.choose_input_shapes``).
 
 Shapes come from this module's rules for the ops CNNs are made of (checked against
 onnxruntime in the tests), then from onnx shape inference with data propagation for
@@ -23,7 +30,7 @@ everything else and for dims the rules leave open, then from the model's own val
 The rules come first because onnx inference is wrong where it matters here (with
 ceil_mode it keeps a pooling window that would start in the end padding, which
 onnxruntime and PyTorch drop) and because it is slow on big graphs: it runs only when the
-rules leave a dim unknown. The rules also propagate the values of small integer tensors
+rules leave a dim unknown. The rules also propagate the values of small numeric tensors
 through shape-computing ops, so ConstantOfShape weights (the light zoo's) and computed
 Reshape targets resolve. Nothing is written back into the Graph: a round trip stays
 lossless and pinned input dims never leak into the model.
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from onnx import TensorProto
+from onnx import GraphProto, TensorProto
 
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
@@ -45,12 +52,19 @@ from optimizer.ir import Dim, Graph, Node, dtype_to_elem_type, elem_type_to_dtyp
 
 Shape = tuple[Dim, ...]
 
-#: Ops whose multiply-accumulates ``macs`` counts.
-MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: Ops whose multiply-accumulates ``macs`` counts (integer and QLinear forms are priced as these).
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
 #: Ops whose constant inputs ``params`` counts.
 PARAM_OPS = MAC_OPS | {"BatchNormalization"}
+#: Standard ops that do linear-algebra work this model does not count: their MACs are unknown.
+_UNPRICED_OPS = frozenset({"If", "Loop", "Scan", "Einsum", "DeformConv"})
+#: Quantized forms: (op priced as, index of the first operand, index of the second operand).
+_QUANTIZED = {"ConvInteger": ("Conv", 0, 1), "QLinearConv": ("Conv", 0, 3),
+              "MatMulInteger": ("MatMul", 0, 1), "QLinearMatMul": ("MatMul", 0, 3)}
+#: Gates per recurrent op: each computes hidden_size outputs from the input and the hidden state.
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
-#: Values of integer tensors up to this size are propagated (shape computations are tiny).
+#: Values of numeric tensors up to this size are propagated (shape computations are tiny).
 _MAX_VALUE_ELEMS = 64
 #: Initializers larger than this reach onnx shape inference as typed inputs without data,
 #: which keeps the inference model small (and under protobuf's 2 GiB limit).
@@ -78,27 +92,44 @@ class NodeCost:
                 "activation_bytes": self.activation_bytes}
 
 
+#: The per-node numbers a CostReport totals.
+METRICS = ("macs", "params", "activation_bytes")
+
+
 @dataclass
 class CostReport:
+    """Per-node costs and their totals; a total over a node whose number is unknown is partial and says so."""
+
     nodes: list[NodeCost]
+    #: Input shapes the costs were computed at, when they were pinned (given or chosen).
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
+    #: Per input, the axes ninopt chose a size for itself (neither declared nor given).
+    chosen_axes: dict[str, list[int]] = field(default_factory=dict)
     total_macs: int = field(init=False)
     total_params: int = field(init=False)
     total_activation_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.total_macs = sum(n.macs or 0 for n in self.nodes)
-        self.total_params = sum(n.params or 0 for n in self.nodes)
-        self.total_activation_bytes = sum(n.activation_bytes or 0 for n in self.nodes)
+        self.total_macs, self.total_params, self.total_activation_bytes = (
+            sum(getattr(n, metric) or 0 for n in self.nodes) for metric in METRICS)
+
+    def unknown_nodes(self, metric: str) -> list[str]:
+        """Nodes whose ``metric`` (one of METRICS) is unknown, so its total leaves them out."""
+        return [n.name for n in self.nodes if getattr(n, metric) is None]
 
     @property
     def unknown(self) -> list[str]:
-        """Nodes with a number the totals leave out because a dimension is unknown."""
+        """Nodes with a number the totals leave out (an unknown dimension or an op this model cannot price)."""
         return [n.name for n in self.nodes if None in (n.macs, n.params, n.activation_bytes)]
 
     def to_dict(self) -> dict:
-        return {"total": {"macs": self.total_macs, "params": self.total_params,
-                          "activation_bytes": self.total_activation_bytes},
-                "nodes": [n.to_dict() for n in self.nodes]}
+        total: dict = {metric: getattr(self, f"total_{metric}") for metric in METRICS}
+        for metric in METRICS:
+            missing = len(self.unknown_nodes(metric))
+            total[f"{metric}_partial"] = missing > 0
+            total[f"unknown_{metric}_nodes"] = missing
+        return {"total": total, "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+                "chosen_by_default": self.chosen_axes, "nodes": [n.to_dict() for n in self.nodes]}
 
 
 @dataclass
@@ -151,28 +182,37 @@ def _costed_op(node: Node) -> str | None:
 
 
 def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | None = None) -> int | None:
-    """Multiply-accumulates of one node: 0 for ops ``macs`` does not count, None when a dim is unknown.
+    """Multiply-accumulates of one node: 0 for ops ``macs`` does not count, None when unknown.
 
-    Tensors missing from ``shapes`` fall back to the graph's tensor table, so a pass can
-    price a rewrite whose new tensors it has given shapes.
+    Unknown means a dim is unknown or symbolic, or the op does work this model cannot count
+    (see the module docstring). Tensors missing from ``shapes`` fall back to the graph's
+    tensor table, so a pass can price a rewrite whose new tensors it has given shapes.
     """
     op_type = _costed_op(node)
+    if op_type is None or op_type in _UNPRICED_OPS:
+        return None
+    op_type, first, second = _QUANTIZED.get(op_type, (op_type, 0, 1))
     if op_type not in MAC_OPS:
         return 0
     shapes = shapes or {}
 
-    def shape(name: str) -> Shape | None:
-        return shapes[name] if name in shapes else graph.shape(name)
+    def shape(index: int) -> Shape | None:
+        name = node.inputs[index] if index < len(node.inputs) else ""
+        return (shapes[name] if name in shapes else graph.shape(name)) if name else None
 
-    out = _numel(shape(node.outputs[0]))
+    out = _numel(shapes[node.outputs[0]] if node.outputs[0] in shapes else graph.shape(node.outputs[0]))
     try:
+        if op_type in _GATES:  # every step of every sequence multiplies the input by W and the state by R
+            x, per_step = shape(0), _sum_or_none([_numel(shape(1)), _numel(shape(2))])
+            steps = _numel(x[:2])  # (seq, batch) in either layout
+            return None if steps is None or per_step is None else steps * per_step
         if op_type == "Conv":  # each output element reads (Cin/groups)·kh·kw weights
-            per_output = _numel(shape(node.inputs[1])[1:])
+            per_output = _numel(shape(second)[1:])
             return None if out is None or per_output is None else out * per_output
         if op_type == "ConvTranspose":  # each input element scatters into (Cout/groups)·kh·kw outputs
-            x, per_input = _numel(shape(node.inputs[0])), _numel(shape(node.inputs[1])[1:])
+            x, per_input = _numel(shape(0)), _numel(shape(1)[1:])
             return None if x is None or per_input is None else x * per_input
-        a = shape(node.inputs[0])
+        a = shape(first)
         if op_type == "Gemm":
             k = a[0] if node.attr("transA", 0) else a[1]
         else:
@@ -184,11 +224,24 @@ def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | Non
 
 # ---------------------------------------------------------------------- costs
 def _node_params(node: Node, facts: _Facts, counted: set[str]) -> int | None:
-    if _costed_op(node) not in PARAM_OPS:
+    """Elements of the node's constant inputs not counted before; None for control flow (weights live in bodies).
+
+    Ops of unknown domains count their constant inputs too: they are most often fused
+    layers whose weights would otherwise vanish from the total.
+    """
+    op_type = _costed_op(node)
+    if op_type in _UNPRICED_OPS and _has_subgraph(node):
+        return None
+    if op_type is not None and _QUANTIZED.get(op_type, (op_type,))[0] not in PARAM_OPS:
         return 0
     fresh = [t for t in dict.fromkeys(node.inputs) if t and t in facts.constants and t not in counted]
     counted.update(fresh)
     return _sum_or_none(_numel(facts.shapes.get(t)) for t in fresh)
+
+
+def _has_subgraph(node: Node) -> bool:
+    return any(isinstance(v, GraphProto) or (isinstance(v, list) and v and isinstance(v[0], GraphProto))
+               for v in node.attrs.values())
 
 
 def _nbytes(shape: Shape | None, elem_type: int) -> int | None:
@@ -235,7 +288,7 @@ def _infer(graph: Graph, order: list[Node], input_shapes: Mapping[str, Sequence[
 
 def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_shapes: dict[str, Shape | None],
                onnx_types: dict[str, int]) -> _Facts:
-    """One pass in topological order: shapes, element types, constness and small integer values."""
+    """One pass in topological order: shapes, element types, constness and small numeric values."""
     shapes: dict[str, Shape | None] = {}
     types: dict[str, int] = {}
     values: dict[str, np.ndarray] = {}
@@ -244,7 +297,7 @@ def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_sha
         shapes[name] = pins[name] if name in pins else _merge(onnx_shapes.get(name), graph.shape(name))
         info = graph.tensors.get(name)
         types[name] = (info.elem_type if info is not None else 0) or onnx_types.get(name, 0)
-        value = _small_int_const(graph, name)
+        value = _small_const(graph, name)
         if value is not None:
             values[name] = value
     opset = graph.opset()
@@ -267,7 +320,7 @@ def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_sha
             constants.update(o for o in outputs if o)
         if standard and outputs and outputs[0]:
             value = _node_value(graph, node, ins, vals, opset)
-            if value is not None and value.dtype.kind in "iuO" and value.size <= _MAX_VALUE_ELEMS:
+            if value is not None and value.dtype.kind in "biufO" and value.size <= _MAX_VALUE_ELEMS:
                 values[outputs[0]] = value
     return _Facts(shapes, types, constants)
 
@@ -277,31 +330,32 @@ def _node_value(graph: Graph, node: Node, ins: list, vals: list, opset: int) -> 
         return graph.const(node.outputs[0])
     if node.op_type != "Shape" and any(v is None for v, t in zip(vals, node.inputs) if t):
         return None
-    return _apply(_VALUE_RULES.get(node.op_type), node, ins, [v for v, t in zip(vals, node.inputs) if t], opset)
+    return _apply(_VALUE_RULES.get(node.op_type), node, ins, vals, opset)
 
 
 def _apply(rule, node: Node, ins: list, vals: list, opset: int):
     """Run a shape or value rule; a missing input shape or malformed attribute means unknown.
 
-    Rules read what they need directly: a None they index into or a bad attribute raises,
-    and that is an answer ("unknown"), not an error; the executor reports malformed models.
+    Rules read what they need directly: an unknown (None) shape or value they index into or
+    read from, or a bad attribute, raises, and that is an answer ("unknown"), not an error;
+    the executor reports malformed models.
     """
     if rule is None:
         return None
     try:
         return rule(node, ins, vals, opset)
-    except (TypeError, IndexError, ValueError, ZeroDivisionError):
+    except (TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError):
         return None
 
 
-def _small_int_const(graph: Graph, name: str) -> np.ndarray | None:
-    """The value of a small integer constant, without loading large or float weights."""
+def _small_const(graph: Graph, name: str) -> np.ndarray | None:
+    """The value of a small numeric constant (shapes, scales, pads), without loading weights."""
     const = graph.tensors[name].const if name in graph.tensors else None
-    if const is not None and (const.dtype is None or const.dtype.kind not in "iu" or const.shape is None
+    if const is not None and (const.dtype is None or const.dtype.kind not in "biuf" or const.shape is None
                               or math.prod(const.shape) > _MAX_VALUE_ELEMS):
         return None
     value = graph.const(name)
-    return value if value is not None and value.dtype.kind in "iu" and value.size <= _MAX_VALUE_ELEMS else None
+    return value if value is not None and value.dtype.kind in "biuf" and value.size <= _MAX_VALUE_ELEMS else None
 
 
 def _fully_known(shape: Shape | None) -> bool:
@@ -392,12 +446,15 @@ def _axis(axis: int, rank: int) -> int:
 def _window(size: Dim, kernel: Dim, stride: int, dilation: int, pad_begin: int, pad_end: int,
             auto_pad: str, ceil_mode: bool) -> Dim:
     """Output size of a sliding window (Conv, pooling) along one spatial axis."""
+    if auto_pad == "VALID":
+        pad_begin = pad_end = 0
+    if isinstance(size, str) and isinstance(kernel, int) and stride == 1 and (
+            auto_pad in ("SAME_UPPER", "SAME_LOWER") or pad_begin + pad_end == dilation * (kernel - 1)):
+        return size  # a stride-1 window padded to keep the size keeps the symbol too
     if not isinstance(size, int) or not isinstance(kernel, int):
         return None
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         return -(-size // stride)
-    if auto_pad == "VALID":
-        pad_begin = pad_end = 0
     span = size + pad_begin + pad_end - dilation * (kernel - 1) - 1
     if not ceil_mode:
         return span // stride + 1
@@ -491,6 +548,8 @@ def _matmul(node, ins, vals, opset):
 
 
 def _reshape(node, ins, vals, opset):
+    if vals[1] is None:  # a data-dependent target (or an overridable initializer): only its length is known
+        return [(None,) * ins[1][0]]
     x, target = ins[0], list(_dims_of(vals[1]))
     keep_zero = node.attr("allowzero", 0)
     out: list[Dim] = [x[i] if d == 0 and not keep_zero else d for i, d in enumerate(target)]
@@ -564,8 +623,8 @@ def _constant_of_shape(node, ins, vals, opset):
 
 
 def _dims_of(value: np.ndarray) -> Shape:
-    """A shape-valued tensor as dims (symbols stay strs)."""
-    return tuple(d if isinstance(d, str) else int(d) for d in value.tolist())
+    """A shape-valued tensor as dims (symbols stay strs, entries nobody knows stay None)."""
+    return tuple(d if d is None or isinstance(d, str) else int(d) for d in value.tolist())
 
 
 def _shape(node, ins, vals, opset):
@@ -580,6 +639,120 @@ def _gather(node, ins, vals, opset):
     data, indices = ins[0], ins[1]
     axis = _axis(node.attr("axis", 0), len(data))
     return [(*data[:axis], *indices, *data[axis + 1:])]
+
+
+def _input_value(node, vals, index: int, opset_from: int, opset: int, attr: str):
+    """An operand that moved from an attribute to an input at ``opset_from`` (Slice, Pad, Split ...)."""
+    if opset < opset_from:
+        return node.attr(attr)
+    if index >= len(node.inputs) or not node.inputs[index]:
+        return None
+    value = vals[index]
+    if value is None:
+        raise ValueError("data-dependent operand")  # unknown, not absent
+    return [int(v) for v in value.reshape(-1).tolist()]  # an unknown (None) or symbolic entry raises
+
+
+def _pad(node, ins, vals, opset):
+    x = ins[0]
+    pads = _input_value(node, vals, 1, 11, opset, "pads")
+    axes = _input_value(node, vals, 3, 18, opset, "axes") if opset >= 18 else None
+    axes = [_axis(a, len(x)) for a in axes] if axes is not None else list(range(len(x)))
+    out = list(x)
+    for i, axis in enumerate(axes):
+        grow = pads[i] + pads[i + len(axes)]
+        out[axis] = x[axis] if grow == 0 else (x[axis] + grow if isinstance(x[axis], int) else None)
+    return [tuple(out)]
+
+
+def _slice_params(node, vals, opset):
+    """(starts, ends, axes, steps) of a Slice: attributes before opset 10, inputs from it (ValueError when data-dependent)."""
+    starts = _input_value(node, vals, 1, 10, opset, "starts")
+    ends = _input_value(node, vals, 2, 10, opset, "ends")
+    axes = _input_value(node, vals, 3, 10, opset, "axes") or list(range(len(starts)))
+    steps = _input_value(node, vals, 4, 10, opset, "steps") or [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+def _slice(node, ins, vals, opset):
+    x = ins[0]
+    starts, ends, axes, steps = _slice_params(node, vals, opset)
+    out = list(x)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = _axis(axis, len(x))
+        if isinstance(x[axis], int):
+            out[axis] = len(range(*slice(start, end, step).indices(x[axis])))
+        elif not (start == 0 and step == 1 and end >= 2 ** 31 - 1):  # only the whole axis keeps its symbol
+            out[axis] = None
+    return [tuple(out)]
+
+
+def _expand(node, ins, vals, opset):
+    return [_broadcast([ins[0], _dims_of(vals[1])])]
+
+
+def _tile(node, ins, vals, opset):
+    return [tuple(d * r if isinstance(d, int) else (d if r == 1 else None)
+                  for d, r in zip(ins[0], _dims_of(vals[1])))]
+
+
+def _split(node, ins, vals, opset):
+    x = ins[0]
+    axis = _axis(node.attr("axis", 0), len(x))
+    sizes = _input_value(node, vals, 1, 13, opset, "split")
+    if sizes is None:
+        count = len(node.outputs)
+        sizes = [-(-x[axis] // count)] * (count - 1)
+        sizes.append(x[axis] - sum(sizes))
+    return [(*x[:axis], size, *x[axis + 1:]) for size in sizes]
+
+
+def _recurrent(node, ins, vals, opset):
+    """LSTM/GRU/RNN: Y, then the last hidden (and LSTM's cell) state."""
+    x = ins[0]
+    hidden = node.attr("hidden_size")
+    directions = 2 if node.attr("direction", "forward") == "bidirectional" else 1
+    if node.attr("layout", 0):
+        seq, batch = x[1], x[0]
+        return [(batch, seq, directions, hidden)] + [(batch, directions, hidden)] * (len(node.outputs) - 1)
+    seq, batch = x[0], x[1]
+    return [(seq, directions, batch, hidden)] + [(directions, batch, hidden)] * (len(node.outputs) - 1)
+
+
+def _reduce(node, ins, vals, opset):
+    """Reduce*/ArgMax/ArgMin: axes an attribute, or an input from opset 18 (ReduceSum: 13)."""
+    x = ins[0]
+    if node.op_type.startswith("Arg"):
+        axes = [node.attr("axis", 0)]
+    else:
+        axes = _input_value(node, vals, 1, 13 if node.op_type == "ReduceSum" else 18, opset, "axes")
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            return [x]
+        axes = range(len(x))
+    reduced = {_axis(a, len(x)) for a in axes}
+    if node.attr("keepdims", 1):
+        return [tuple(1 if i in reduced else d for i, d in enumerate(x))]
+    return [tuple(d for i, d in enumerate(x) if i not in reduced)]
+
+
+def _range(node, ins, vals, opset):
+    start, limit, delta = (v.item() for v in vals)
+    return [(max(math.ceil((limit - start) / delta), 0),)]
+
+
+def _resize(node, ins, vals, opset):
+    """Output sizes from a known ``sizes`` input, else floor(size * scale) (no ``axes`` subset)."""
+    x = ins[0]
+    if node.attr("axes") is not None:
+        return [None]
+    sizes_index, scales_index = (3, 2) if opset >= 11 else (None, 1)
+    if sizes_index is not None and len(node.inputs) > sizes_index and node.inputs[sizes_index]:
+        if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return [None]  # the sizes are only an upper or lower bound
+        return [_dims_of(vals[sizes_index])]
+    scales = vals[scales_index].tolist()
+    return [tuple(d if s == 1 else (math.floor(d * s) if isinstance(d, int) else None) for d, s in zip(x, scales))]
 
 
 _SAME_SHAPE_OPS = (
@@ -598,19 +771,23 @@ _SHAPE_RULES: dict[str, _ShapeRule] = {
     "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool, "GlobalLpPool": _global_pool,
     "Gemm": _gemm, "MatMul": _matmul, "Reshape": _reshape, "Flatten": _flatten, "Concat": _concat,
     "Transpose": _transpose, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze,
-    "ConstantOfShape": _constant_of_shape, "Shape": _shape, "Gather": _gather,
+    "ConstantOfShape": _constant_of_shape, "Shape": _shape, "Gather": _gather, "Pad": _pad, "Slice": _slice,
+    "Expand": _expand, "Tile": _tile, "Split": _split, "Range": _range, "Resize": _resize,
+    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"), _reduce),
+    "Size": lambda node, ins, vals, opset: [()], "LSTM": _recurrent, "GRU": _recurrent, "RNN": _recurrent,
 }
 
 # ---------------------------------------------------------------------- value rules
-# Values of small integer tensors, for the shape computations exporters emit
+# Values of small numeric tensors, for the shape computations exporters emit
 # (Shape -> Gather -> Unsqueeze -> Concat -> Reshape). A shape with symbolic dims is an
-# object array holding ints and strs. Shape reads its input's shape; the others run only
+# object array holding ints, strs and None (unknown). Shape reads its input's shape; the others run only
 # when every input value is known.
 def _shape_value(node, ins, vals, opset):
     dims = _shape_slice(node, ins[0])
     if _fully_known(dims):
         return np.array(dims, dtype=np.int64)
-    return None if None in dims else np.array(dims, dtype=object)  # symbols ride along
+    return np.array(dims, dtype=object)  # symbols and unknown (None) entries ride along
 
 
 def _cast_value(node, ins, vals, opset):
@@ -618,6 +795,61 @@ def _cast_value(node, ins, vals, opset):
     if vals[0].dtype == object:  # a shape with symbols stays one through an integer cast
         return vals[0] if dtype is not None and dtype.kind in "iu" else None
     return vals[0].astype(dtype)
+
+
+def _numeric(vals) -> list:
+    """Operands of arithmetic: plain numbers only (a str symbol times an int would repeat the str)."""
+    if any(v.dtype == object for v in vals):
+        raise TypeError("symbolic operand")
+    return vals
+
+
+def _div_value(node, ins, vals, opset):
+    a, b = _numeric(vals)
+    if a.dtype.kind not in "iu":
+        return None
+    if not np.all(b):
+        raise ZeroDivisionError
+    return np.trunc(a / b).astype(a.dtype)  # integer Div truncates, as onnxruntime's does
+
+
+def _constant_of_shape_value(node, ins, vals, opset):
+    dims = [int(d) for d in vals[0].tolist()]
+    fill = node.attr("value")
+    if math.prod(dims) > _MAX_VALUE_ELEMS:
+        return None
+    return np.full(dims, 0.0 if fill is None else fill.reshape(-1)[0], np.float32 if fill is None else fill.dtype)
+
+
+def _reshape_value(node, ins, vals, opset):
+    data, target = vals
+    keep_zero = node.attr("allowzero", 0)
+    return np.reshape(data, [data.shape[i] if d == 0 and not keep_zero else int(d) for i, d in enumerate(target.tolist())])
+
+
+def _slice_value(node, ins, vals, opset):
+    data = vals[0]
+    starts, ends, axes, steps = _slice_params(node, vals, opset)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[_axis(axis, data.ndim)] = slice(start, end, step)
+    return data[tuple(index)]
+
+
+def _range_value(node, ins, vals, opset):
+    start, limit, delta = (v.item() for v in _numeric(vals))
+    if max(math.ceil((limit - start) / delta), 0) > _MAX_VALUE_ELEMS:
+        return None
+    return np.arange(start, limit, delta, dtype=vals[0].dtype)
+
+
+def _expand_value(node, ins, vals, opset):
+    shape = np.broadcast_shapes(vals[0].shape, tuple(int(d) for d in _numeric(vals)[1].tolist()))
+    return np.broadcast_to(vals[0], shape).copy() if math.prod(shape) <= _MAX_VALUE_ELEMS else None
+
+
+def _binary(op) -> _ValueRule:
+    return lambda node, ins, vals, opset: op(*_numeric(vals))
 
 
 def _squeeze_value(node, ins, vals, opset):
@@ -634,4 +866,13 @@ _VALUE_RULES: dict[str, _ValueRule] = {
     "Concat": lambda node, ins, vals, opset: np.concatenate(vals, axis=node.attr("axis")),
     "Cast": _cast_value,
     "Identity": lambda node, ins, vals, opset: vals[0],
+    "ConstantOfShape": _constant_of_shape_value,
+    "Reshape": _reshape_value,
+    "Slice": _slice_value,
+    "Transpose": lambda node, ins, vals, opset: np.transpose(vals[0], node.attr("perm")),
+    "Range": _range_value,
+    "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _div_value,
+    "Max": _binary(np.maximum), "Min": _binary(np.minimum), "Neg": lambda node, ins, vals, opset: -_numeric(vals)[0],
+    "Equal": _binary(np.equal), "Where": lambda node, ins, vals, opset: np.where(*vals),
+    "Expand": _expand_value,
 }

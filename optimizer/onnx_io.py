@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -133,6 +134,9 @@ def _fill_graph(graph: Graph, gp: onnx.GraphProto, source: Source) -> None:
     for np_ in gp.node:
         graph.add_node(np_.op_type, np_.input, np_.output, _attrs(np_), name=np_.name, domain=np_.domain,
                        proto=np_, implicit_inputs=_implicit_inputs(np_))
+    # ONNX does not require unique node names (onnxruntime runs such models); keep the exporter's repeats
+    graph.inherited_duplicate_names = frozenset(
+        name for name, count in Counter(n.name for n in gp.node).items() if name and count > 1)
 
 
 def _note_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
@@ -145,11 +149,13 @@ def _note_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
 
 
 def _dim(d) -> int | str | None:
+    """One declared dim: a size, a symbol, or None when dynamic.
+
+    paddle2onnx writes -1 for a dynamic dim, and names several different dynamic dims ``?``
+    (H and W of one image): ``?`` is a placeholder, not a symbol that equates them."""
     if d.HasField("dim_value"):
-        if d.dim_value < 0:
-            raise NinoptError(f"a declared shape has the negative dimension {d.dim_value}.")
-        return int(d.dim_value)
-    if d.HasField("dim_param"):
+        return int(d.dim_value) if d.dim_value >= 0 else None
+    if d.HasField("dim_param") and d.dim_param != "?":
         return d.dim_param
     return None
 
@@ -235,6 +241,20 @@ def _rename_in(gp: onnx.GraphProto, old: str, new: str) -> None:
     for vi in gp.output:
         if vi.name == old:
             vi.name = new
+
+
+def subgraph_names(value: Any) -> Iterable[str]:
+    """Every value and node name defined inside a subgraph attribute (nested bodies included)."""
+    bodies = [value] if isinstance(value, onnx.GraphProto) else [v for v in value if isinstance(v, onnx.GraphProto)] \
+        if isinstance(value, list) else []
+    for gp in bodies:
+        yield from (vi.name for vi in gp.input)
+        yield from (t.name for t in gp.initializer)
+        for node in gp.node:
+            yield node.name
+            yield from node.output
+            for sub in _subgraphs(node):
+                yield from subgraph_names(sub)
 
 
 def subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
@@ -394,6 +414,24 @@ def inferred_shapes(graph: Graph, pins: dict[str, tuple] | None = None) -> tuple
             if tt.HasField("shape"):
                 shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
     return shapes, types
+
+
+def shape_inference_accepts(graph: Graph, pins: dict[str, tuple]) -> bool:
+    """Whether strict onnx shape inference (with data propagation) accepts the graph with these input shapes.
+
+    The model's own value_info and output shapes stay: a dim they pin that the shapes
+    contradict is a rejection, which is how those hints take part. Call it with no pins
+    first: a model it rejects anyway tells nothing about shapes.
+    """
+    model = to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES)
+    for vi in model.graph.input:
+        if vi.name in pins:
+            vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, pins[vi.name]))
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
+        return False
+    return True
 
 
 def schema_problem(graph: Graph) -> str | None:

@@ -15,7 +15,10 @@ Grouped convs (depthwise included) are expanded to their dense block-diagonal we
 which keeps the composition exact; the fused conv is dense (group 1) and the cost model,
 which then prices the dense conv, decides. A fusion applies only when its MACs do not
 grow (ties go to the single node): a Cin->r->Cout 1x1 chain fuses when
-``r > Cin*Cout/(Cin+Cout)``; GoogLeNet's 192->16->5x5 32 bottleneck stays.
+``r > Cin*Cout/(Cin+Cout)``; GoogLeNet's 192->16->5x5 32 bottleneck stays. With a dynamic
+batch or image size the decision is taken per output position, which is the same decision
+whenever the second conv keeps its input's grid (the unknown factor cancels); otherwise
+the chain is left alone.
 
 The helpers here (``ConvGeom``, ``plan_chain``, ``compose_chain``, ``ShapeCache``) are
 shared with ``canonicalize-conv1x1-gemm``, which turns Gemms into 1x1 convs only when this
@@ -114,6 +117,24 @@ class ConvGeom:
     def macs(self, g: Graph, shapes) -> int | None:
         return conv_macs(g, shapes, self.x, self.y, self.w_shape, self.y_shape)
 
+    @property
+    def macs_per_position(self) -> int:
+        """MACs per output position and sample: (Cout·Cin/groups·kernel), the weight's element count."""
+        return int(np.prod(self.w_shape))
+
+    @property
+    def keeps_grid(self) -> bool:
+        """True when the output grid is the input grid, whatever its size (stride 1, padded to keep it)."""
+        if any(s != 1 for s in self.strides):
+            return False
+        if self.auto_pad in SAME or self.is_1x1 and self.pad_free:
+            return True
+        dilations = self._ints("dilations", 1, len(self.kernel))
+        pads = self._ints("pads", 0, 2 * len(self.kernel))
+        n = len(self.kernel)
+        return self.auto_pad == "NOTSET" and all(pads[i] + pads[i + n] == dilations[i] * (k - 1)
+                                                 for i, k in enumerate(self.kernel))
+
 
 def conv_macs(g: Graph, shapes, x: str, y: str, w_shape: tuple[int, ...], y_shape: tuple | None = None) -> int | None:
     """MACs of a conv (real or hypothetical) from ``x`` to ``y`` with weights of ``w_shape``, by the cost model."""
@@ -133,6 +154,7 @@ class ChainPlan:
     macs_before: int
     macs_after: int
     channels: tuple[int, int, int]  # Cin, r, Cout
+    per_position: bool = False  # MACs are per output position: the grid is unknown but the same for all three convs
 
     @property
     def kernel(self) -> str:
@@ -178,11 +200,18 @@ def plan_chain(g: Graph, shapes, first: ConvGeom, second: ConvGeom, first_bias_n
     else:
         return "neither conv is a 1x1"
     w_shape = (second.cout, first.cin, *kernel)
+    channels = (first.cin, first.cout, second.cout)
     before = [first.macs(g, shapes), second.macs(g, shapes)]
     after = conv_macs(g, shapes, first.x, second.y, w_shape, second.y_shape)
-    if after is None or None in before:
-        return "the cost model cannot price it: a dimension is unknown"
-    return ChainPlan(pointwise_second, attrs, w_shape, sum(before), after, (first.cin, first.cout, second.cout))
+    if after is not None and None not in before:
+        return ChainPlan(pointwise_second, attrs, w_shape, sum(before), after, channels)
+    # Unknown spatial (or batch) sizes cancel when the second conv keeps its input's grid: the first
+    # conv's output grid is then the second's and the fused conv's, and every conv's MACs are
+    # (positions x samples) x its weight's element count.
+    if second.keeps_grid:
+        return ChainPlan(pointwise_second, attrs, w_shape, first.macs_per_position + second.macs_per_position,
+                         int(np.prod(w_shape)), channels, per_position=True)
+    return "the cost model cannot price it: a dimension is unknown and the convs' grids differ"
 
 
 def dense_weight(w: np.ndarray, group: int) -> np.ndarray:
@@ -223,6 +252,8 @@ def compose_chain(plan: ChainPlan, w1: np.ndarray, b1: np.ndarray | None, group1
 
 
 def record(stats, node: str, plan: ChainPlan, nodes_before: int, nodes_after: int, applied: bool, **extra) -> None:
+    if plan.per_position:
+        extra = {"macs_per": "output position and sample (the grid size is unknown and cancels)", **extra}
     stats.decisions.append({"node": node, "chain": plan.label, "macs_before": plan.macs_before,
                             "macs_after": plan.macs_after, "nodes_before": nodes_before,
                             "nodes_after": nodes_after, "applied": applied, **extra})

@@ -119,8 +119,11 @@ def test_constant_of_shape_weights_resolved_without_touching_the_graph():
 def test_report_json_shape_and_totals():
     graph = onnx_io.load(os.path.join(LIGHT, "light_squeezenet.onnx"))
     data = json.loads(json.dumps(analyze_costs(graph).to_dict()))
-    assert set(data) == {"total", "nodes"}
-    assert set(data["total"]) == {"macs", "params", "activation_bytes"}
+    assert set(data) == {"total", "nodes", "input_shapes", "chosen_by_default"}
+    assert set(data["total"]) == {"macs", "params", "activation_bytes", "macs_partial", "unknown_macs_nodes",
+                                  "params_partial", "unknown_params_nodes", "activation_bytes_partial",
+                                  "unknown_activation_bytes_nodes"}
+    assert not any(data["total"][f"{key}_partial"] for key in ("macs", "params", "activation_bytes"))
     assert {k for n in data["nodes"] for k in n} == {"name", "op_type", "macs", "params", "output_shapes",
                                                      "activation_bytes"}
     for key in ("macs", "params", "activation_bytes"):
@@ -304,7 +307,7 @@ def test_pinned_batch_resolves_shape_computations():
 
 
 def _pad_conv_model(value_info=()):
-    """Pad has no rule of ours, so the Conv after it needs onnx shape inference."""
+    """Pad then Conv, with symbolic batch."""
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),
              helper.make_node("Conv", ["p", "w"], ["y"], strides=[2, 2])]
     inits = [numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 3, 4], np.int64), "pads"),
@@ -316,11 +319,17 @@ def _pad_conv_model(value_info=()):
 
 
 def test_onnx_inference_fills_what_the_rules_leave_open():
-    graph = onnx_io.load(_pad_conv_model())
+    """SpaceToDepth has no rule of ours, so the Conv after it needs onnx shape inference."""
+    nodes = [helper.make_node("SpaceToDepth", ["x"], ["p"], blocksize=2),
+             helper.make_node("Conv", ["p", "w"], ["y"], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 18, 22])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, "H", "W"])],
+                              [numpy_helper.from_array(np.zeros((16, 32, 3, 3), np.float32), "w")])
+    graph = onnx_io.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert infer_shapes(graph, use_onnx=False)["p"] is None
     assert infer_shapes(graph, use_onnx=False)["y"] == ("N", 16, "H", "W")  # the declared output
-    assert infer_shapes(graph)["p"] == ("N", 8, 13, 15)
-    assert infer_shapes(graph)["y"] == ("N", 16, 6, 7)
+    assert infer_shapes(graph)["p"] == ("N", 32, 9, 11)
+    assert infer_shapes(graph)["y"] == ("N", 16, 4, 5)
 
 
 def test_rules_beat_onnx_inference_where_it_disagrees_with_onnxruntime():
@@ -345,7 +354,7 @@ def test_pins_reach_onnx_inference_and_override_stale_value_info():
     pinned = infer_shapes(graph, {"x": (3, 8, 9, 9)})
     assert pinned["p"] == (3, 8, 13, 15) and pinned["y"] == actual["y"].shape == (3, 16, 6, 7)
     assert analyze_costs(graph, {"x": (3, 8, 9, 9)}).total_macs == 3 * 16 * 6 * 7 * 8 * 9
-    assert infer_shapes(graph, {"x": (3, 8, 9, 9)}, use_onnx=False)["p"] is None  # stale table not trusted
+    assert infer_shapes(graph, {"x": (3, 8, 9, 9)}, use_onnx=False)["p"] == (3, 8, 13, 15)  # stale table not trusted
     assert infer_shapes(graph)["p"] == (1, 8, 13, 15)  # and the pins did not stick
     assert onnx_io.to_model_proto(graph).SerializeToString() == model.SerializeToString()
 
@@ -400,3 +409,59 @@ def test_fused_conv_is_priced_and_shaped_like_its_conv():
     assert not report.unknown
     fused = [row for row in report.nodes if row.op_type == "FusedConv"]
     assert fused and all(row.macs > 0 and row.output_shapes[0] is not None for row in fused)
+
+
+# ---------------------------------------------------------------------- shape-operand ops vs onnxruntime
+def _with_operands(op, x, operands, opset=17, outputs=1, **attrs):
+    """x (float input of shape ``x``, or none) -> ``op`` reading ``operands`` (name -> constant, None: absent)."""
+    inputs = [] if x is None else [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)]
+    names = ([] if x is None else ["x"]) + [n if v is not None else "" for n, v in operands.items()]
+    out_names = [f"y{i}" for i in range(outputs)]
+    graph = helper.make_graph([helper.make_node(op, names, out_names, **attrs)], "g", inputs,
+                              [helper.make_empty_tensor_value_info(n) for n in out_names],
+                              [numpy_helper.from_array(np.asarray(v), n) for n, v in operands.items() if v is not None])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def I64(*values):  # noqa: N802 (reads like a dtype in the case table)
+    return np.array(values, np.int64)
+
+OPERAND_CASES = {
+    "pad_crop": ("Pad", (1, 2, 5, 6), {"pads": I64(0, 0, 1, 2, 0, 0, 3, -1)}, 17, {}),
+    "pad_axes": ("Pad", (1, 2, 5, 6), {"pads": I64(1, 2, 3, 4), "no_value": None, "axes": I64(-1, 2)}, 19, {}),
+    "pad_attribute": ("Pad", (1, 2, 5, 6), {}, 9, {"pads": [0, 1, 2, 0, 0, 3, 0, 1]}),
+    "slice_steps": ("Slice", (1, 2, 9, 10), {"starts": I64(1, -1), "ends": I64(100, -5), "axes": I64(2, 3),
+                                             "steps": I64(2, -1)}, 13, {}),
+    "slice_attributes": ("Slice", (3, 9, 10), {}, 9, {"starts": [1, 2], "ends": [3, -2], "axes": [0, 2]}),
+    "expand": ("Expand", (3, 1), {"shape": I64(2, 1, 4)}, 13, {}),
+    "tile": ("Tile", (2, 3, 4), {"reps": I64(1, 2, 3)}, 13, {}),
+    "split_input": ("Split", (2, 5, 3), {"split": I64(2, 3)}, 13, {"axis": 1, "outputs": 2}),
+    "split_uneven": ("Split", (2, 7), {}, 18, {"axis": 1, "num_outputs": 3, "outputs": 3}),
+    "split_attribute": ("Split", (6, 2), {}, 11, {"split": [1, 5], "outputs": 2}),
+    "range": ("Range", None, {"start": np.array(1, np.int64), "limit": np.array(10, np.int64),
+                              "delta": np.array(3, np.int64)}, 13, {}),
+    "resize_scales": ("Resize", (1, 2, 5, 7), {"roi": np.zeros(0, np.float32),
+                                               "scales": np.array([1, 1, 2, 1.5], np.float32)}, 13, {}),
+    "resize_sizes": ("Resize", (1, 2, 5, 7), {"no_roi": None, "no_scales": None, "sizes": I64(1, 2, 3, 11)}, 13, {}),
+    "reduce_attribute": ("ReduceMean", (2, 3, 4), {}, 13, {"axes": [-1, 0], "keepdims": 0}),
+    "reduce_input": ("ReduceMax", (2, 3, 4), {"axes": I64(1)}, 18, {}),
+    "reduce_sum_all": ("ReduceSum", (2, 3, 4), {}, 13, {"keepdims": 0}),
+    "argmax": ("ArgMax", (2, 3, 4), {}, 13, {"axis": -2, "keepdims": 0}),
+}
+
+
+@pytest.mark.parametrize("case", OPERAND_CASES, ids=list(OPERAND_CASES))
+def test_shape_operand_ops(case):
+    op, x, operands, opset, attrs = OPERAND_CASES[case]
+    attrs = dict(attrs)
+    outputs = attrs.pop("outputs", 1)
+    graph, _ = check_against_ort(_with_operands(op, x, operands, opset, outputs, **attrs))
+    assert all(d is not None for s in infer_shapes(graph, use_onnx=False).values() if s for d in s)
+
+
+def test_recurrent_shapes_and_macs():
+    graph, node = check_against_ort(_single("LSTM", [("x", (5, 2, 6))], [("w", (2, 12, 6)), ("r", (2, 12, 3))],
+                                            outputs=3, hidden_size=3, direction="bidirectional"))
+    assert infer_shapes(graph, use_onnx=False)["y0"] == (5, 2, 2, 3)
+    assert node_macs(graph, node, infer_shapes(graph)) == 5 * 2 * 2 * 4 * 3 * (6 + 3)
+    assert analyze_costs(graph).nodes[0].params == 2 * 12 * 6 + 2 * 12 * 3

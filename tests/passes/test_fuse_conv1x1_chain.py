@@ -287,12 +287,16 @@ def test_weights_fed_at_runtime_are_refused():
 
 
 def test_unknown_dims_are_refused_not_guessed():
-    model = chain_model((1, 4, 4, 4), [conv_spec(16), conv_spec(4)])
+    """A strided second conv shrinks the grid: with H, W unknown the two sides' sizes do not cancel.
+
+    (Chains whose second conv keeps the grid are decided per position: tests/test_dynamic_shapes.py.)
+    """
+    model = chain_model((1, 4, 8, 8), [conv_spec(16, bias=False), conv_spec(4, k=3, stride=2, pad=1)])
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     g = onnx_io.load(model)
     stats = run_pass(g)
-    assert dict(stats.refusals) == {"the cost model cannot price it: a dimension is unknown": 1}
+    assert dict(stats.refusals) == {"the cost model cannot price it: a dimension is unknown and the convs' grids differ": 1}
 
 
 # ---------------------------------------------------------------------- property
