@@ -14,11 +14,9 @@ from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph
 from optimizer.pipeline import PassManager, PipelineReport
 from optimizer.registry import default_passes, get_pass
+from optimizer.verification import EXACT_TOLERANCE  # noqa: F401  (the CLI's default --tolerance)
 
 ModelLike = str | os.PathLike | Graph | Any  # a path, an onnx.ModelProto or a Graph
-
-#: Exact passes must keep every output within this relative error (max |d| / max |y|).
-EXACT_TOLERANCE = 1e-5
 
 
 def load(model: ModelLike) -> Graph:
@@ -34,18 +32,20 @@ def save(graph: Graph, path: str | os.PathLike, **options) -> Path:
 @dataclass
 class GraphSummary:
     nodes: int
-    macs: int
+    macs: int  # of the nodes whose MACs are known; partial when unknown_macs_nodes > 0
     params: int
+    unknown_macs_nodes: int = 0
 
     @classmethod
     def of(cls, graph: Graph, input_shapes: dict | None = None) -> GraphSummary:
         from optimizer.cost import analyze_costs
 
         costs = analyze_costs(graph, input_shapes=input_shapes)
-        return cls(len(graph), costs.total_macs, costs.total_params)
+        return cls(len(graph), costs.total_macs, costs.total_params, len(costs.unknown_nodes("macs")))
 
     def to_dict(self) -> dict[str, int]:
-        return {"nodes": self.nodes, "macs": self.macs, "params": self.params}
+        return {"nodes": self.nodes, "macs": self.macs, "params": self.params,
+                "macs_partial": self.unknown_macs_nodes > 0, "unknown_macs_nodes": self.unknown_macs_nodes}
 
 
 @dataclass
@@ -56,9 +56,11 @@ class OptimizeResult:
     pipeline: PipelineReport
     before: GraphSummary
     after: GraphSummary
-    verification: Any = None  # optimizer.verification.VerifyReport, or None with verify=False
+    verification: Any = None  # VerifyReport: the first oracle's that failed, else the executor's (None: not verified)
     passes: list[str] = field(default_factory=list)
-    budget: float = EXACT_TOLERANCE  # the relative error the final verification allowed
+    budget: float = EXACT_TOLERANCE  # the criterion's floor: relative error vs the truth always allowed
+    oracle: Any = None  # optimizer.oracle.OracleReport: which oracles judged the result, and what onnxruntime said
+    shapes: Any = None  # optimizer.verification.ShapeChoice: the input shapes verified (and priced) at
 
     def save(self, path: str | os.PathLike, **options) -> Path:
         return onnx_io.save(self.graph, path, **options)
@@ -76,6 +78,8 @@ class OptimizeResult:
             "pipeline": self.pipeline.to_dict(),
             "verification": self.verification.to_dict() if self.verification is not None else None,
             "budget": self.budget,
+            "oracle": self.oracle.to_dict() if self.oracle is not None else None,
+            **(self.shapes.to_dict() if self.shapes is not None else {}),
         }
 
 
@@ -113,16 +117,22 @@ _CLEANUP_AFTER_BOTTLENECK = ("dedupe-initializers", "eliminate-dead-nodes", "eli
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
              inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
              tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False,
-             bottleneck: BottleneckOptions | None = None, raise_on_failure: bool = True) -> OptimizeResult:
-    """Run passes to a fixpoint and, unless ``verify=False``, prove the result with the executor.
+             bottleneck: BottleneckOptions | None = None, raise_on_failure: bool = True,
+             oracle: str | None = None) -> OptimizeResult:
+    """Run passes to a fixpoint and, unless ``verify=False``, prove the result.
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
-    loaded fresh. Verification runs the model once before the passes (the reference) and
-    once after, on the same inputs (``inputs``, else seeded random ones), and raises
-    VerificationError, naming the output and its error, when any output's relative error
-    max |d| / max |y| exceeds ``tolerance``. With ``verify_each_pass`` every single rewrite
-    is checked the same way; one that breaks the numbers is rolled back and listed in the
-    report (``pipeline.passes[i].rollbacks``) with the pass and the nodes it matched.
+    loaded fresh. Verification runs the model before the passes on the executor, in its own
+    precision and in float64 (the truth), on the same inputs as the result (``inputs``, else
+    seeded random ones), and raises VerificationError, naming the output and its error, when
+    any output of the result is further from the truth than ``max(tolerance, k x noise
+    floor)`` (see ``optimizer.verification``). ``oracle`` says who runs the models:
+    ``"executor"``, ``"onnxruntime"`` or ``"both"`` (default: both when onnxruntime is
+    importable); onnxruntime must then also find the result within the criterion of the
+    original, and a model it cannot load falls back to the executor (``result.oracle`` says
+    so). With ``verify_each_pass`` every single rewrite is checked on the executor; one that
+    breaks the numbers is rolled back and listed in the report
+    (``pipeline.passes[i].rollbacks``) with the pass and the nodes it matched.
 
     ``bottleneck`` adds approximate bottleneck insertion after the exact passes; the final
     check then allows its ``max_error``, doubled when the verification inputs are not the
@@ -131,20 +141,25 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     (``result.verification.passed`` is False), for callers that report rather than stop.
     """
     from optimizer.executor import Executor
-    from optimizer.verification import prepare_feeds, within_relative_error
+    from optimizer.oracle import RuntimeOracle, check_oracle
+    from optimizer.verification import Criterion, Reference, input_shape_choice, prepare_feeds
 
+    oracle = check_oracle(oracle)
     graph = load(model)
     if graph is model:
         graph = graph.copy()
     names = resolve_passes(passes)
-    before = GraphSummary.of(graph, shapes)
+    # dynamic dims: verified (and priced) at the shapes chosen here, reported in the result
+    shape_choice = input_shape_choice(graph, inputs, shapes, seed, confirm=verify or verify_each_pass)
     checker = None
     if verify or verify_each_pass:
-        feeds, used_seed = prepare_feeds(graph, inputs, shapes, seed)
-        reference = Executor(graph).run(feeds)
+        feeds, used_seed = prepare_feeds(graph, inputs, shape_choice.shapes, seed)
+        reference = Reference.measure(graph, feeds, used_seed)
+    before = GraphSummary.of(graph, shape_choice.pins)
+    runtime = RuntimeOracle(graph, reference, Criterion(tolerance), oracle) if verify else None
     if verify_each_pass:
         def checker(candidate: Graph) -> str | None:
-            outcome = within_relative_error(reference, Executor(candidate).run(feeds), tolerance, feeds, used_seed)
+            outcome = reference.judge(Executor(candidate).run(feeds), Criterion(tolerance))
             return None if outcome.passed else outcome.failures()[0].message
     report = PassManager([get_pass(n).create() for n in names], checker=checker).run(graph)
     budget = tolerance
@@ -156,16 +171,27 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         names = names + ["insert-bottleneck", *_CLEANUP_AFTER_BOTTLENECK]
         seen_in_calibration = inputs is not None and inputs is bottleneck.calibration
         budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
-    after = GraphSummary.of(graph, shapes)
+    after = GraphSummary.of(graph, shape_choice.pins)
     verification = None
     if verify and (problem := onnx_io.schema_problem(graph)) is not None:
         raise VerificationError(f"the optimized model is not valid ONNX ({problem}); nothing was written.")
     if verify:
-        verification = within_relative_error(reference, Executor(graph).run(feeds), budget, feeds, used_seed)
+        criterion = Criterion(budget)
+        checks = [reference.judge(Executor(graph).run(feeds), criterion)] if runtime.uses_executor else []
+        checks += [c for c in [runtime.check(graph, criterion)] if c is not None]
+        verification = next((c for c in checks if not c.passed), checks[0])
         if not verification.passed and raise_on_failure:
-            raise VerificationError(f"the optimized model fails verification: {verification.worst_failure()} "
-                                    f"(allowed {budget:g}); nothing was written.")
-    return OptimizeResult(graph, report, before, after, verification, names, budget)
+            raise VerificationError(_failure_sentence(verification, runtime))
+    return OptimizeResult(graph, report, before, after, verification, names, budget,
+                          runtime.report if runtime is not None else None, shape_choice)
+
+
+def _failure_sentence(verification, runtime) -> str:
+    """Which oracle refused, what, and (when the runtimes already disagree on the input) that it may not be a pass."""
+    sentence = f"the optimized model fails verification in {verification.oracle}: {verification.worst_failure()}"
+    if runtime.report.divergence is not None:
+        sentence += f"; note that {runtime.report.divergence.sentence()}"
+    return sentence.rstrip(".") + "; nothing was written."
 
 
 def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,10 +209,26 @@ def verify(reference: ModelLike, candidate: ModelLike, **options):
 
 
 def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None = None):
-    """Per-node shapes, MACs, parameters and activation bytes (an ``optimizer.cost.CostReport``)."""
-    from optimizer.cost import analyze_costs
+    """Per-node shapes, MACs, parameters and activation bytes (an ``optimizer.cost.CostReport``).
 
-    return analyze_costs(load(model), input_shapes=input_shapes)
+    Dynamic input dims are priced at the shapes verification would run at
+    (``optimizer.verification.choose_input_shapes``: batch 1, others from ``input_shapes``
+    or the model's hints or defaults), which the report names; when no such shape runs, the
+    dims stay symbolic and the numbers depending on them unknown.
+    """
+    from optimizer.cost import analyze_costs
+    from optimizer.verification import input_shape_choice
+
+    graph = load(model)
+    try:
+        choice = input_shape_choice(graph, shapes=input_shapes)
+    except NinoptError:
+        if input_shapes:
+            raise
+        return analyze_costs(graph)
+    report = analyze_costs(graph, input_shapes=choice.pins)
+    report.input_shapes, report.chosen_axes = choice.shapes, choice.chosen_axes
+    return report
 
 
 def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] | None = None,

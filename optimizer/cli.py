@@ -23,6 +23,7 @@ EXAMPLES = {
     "optimize": "example: ninopt optimize fixtures/inception_module.onnx -o out.onnx --json",
     "analyze": "example: ninopt analyze fixtures/inception_module.onnx --csv costs.csv",
     "passes": "example: ninopt passes --json",
+    "ops": "example: ninopt ops --json",
     "run": "example: ninopt run fixtures/inception_module.onnx --inputs fixtures/inception_module_inputs.npz -o y.npz",
     "zoo": "example: ninopt zoo --builtin light --jobs 2 --html zoo.html --save zoo.json",
     "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
@@ -108,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-each-pass", action="store_true",
                    help="check every rewrite; roll back (and report) any that breaks the numbers")
     p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
-                   help="largest relative error (max|d|/max|y|) allowed per output (default %(default)g)")
+                   help="relative error against the float64 truth (max|d|/max|y|) always allowed per output; "
+                        "more is allowed up to 16x the original's own rounding error (default %(default)g)")
+    p.add_argument("--oracle", choices=("executor", "onnxruntime", "both"),
+                   help="who runs the models for verification (default: both when onnxruntime is installed, "
+                        "else executor)")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="write weights to OUTPUT.data (auto: when the input had external data or is over 2 GiB)")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input file")
@@ -142,10 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="a .npz of inputs (default: seeded random inputs that respect dtypes)")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
+                   help="relative error against REFERENCE in float64 always allowed per output; more is allowed "
+                        "up to 16x REFERENCE's own rounding error (default %(default)g)")
     p.add_argument("--atol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
-                   help="absolute tolerance, for all outputs or one (repeatable; default 1e-5)")
+                   help="judge by |d| <= atol + rtol*|reference| instead, for all outputs or one (repeatable; "
+                        "the one of atol/rtol not given is 0)")
     p.add_argument("--rtol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
-                   help="relative tolerance, for all outputs or one (repeatable; default 1e-5)")
+                   help="relative tolerance of that rule, for all outputs or one (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -157,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", action="store_true", help="also insert bottlenecks within --max-error")
     p.add_argument("--max-error", type=float, default=1e-2, help="with --bottleneck (default %(default)g)")
     p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
-                   help="largest relative error (max|d|/max|y|) allowed per output (default %(default)g)")
+                   help="relative error against the float64 truth always allowed per output, as for optimize "
+                        "(default %(default)g)")
     p.add_argument("--baseline", metavar="FILE", help="an earlier run's JSON report: exit 1 on any regression")
     p.add_argument("--save", metavar="FILE", help="write the JSON report to FILE (a later --baseline)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -169,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the available passes", epilog=EXAMPLES["passes"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("ops", parents=[common], help="the executor's ops and its score on onnx's node test cases",
+                       epilog=EXAMPLES["ops"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ops)
     return parser
 
 
@@ -244,7 +259,7 @@ def cmd_optimize(args) -> int:
     with _working(args, f"optimizing {source.name}"):
         result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
                               shapes=dict(args.shape) or None, tolerance=args.tolerance,
-                              verify_each_pass=args.verify_each_pass, bottleneck=bottleneck)
+                              verify_each_pass=args.verify_each_pass, bottleneck=bottleneck, oracle=args.oracle)
         external = {"auto": None, "yes": True, "no": False}[args.external_data]
         result.save(target, external_data=external)
     if args.json:
@@ -273,10 +288,17 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
         for rollback in stats.rollbacks:
             console.print(f"rolled back {stats.name} on {', '.join(rollback['nodes'])}: {rollback['problem']}")
     b, a = result.before, result.after
-    console.print(f"nodes {b.nodes} -> {a.nodes}, MACs {b.macs:,} -> {a.macs:,}, params {b.params:,} -> {a.params:,}")
+    console.print(f"nodes {b.nodes} -> {a.nodes}, MACs {b.macs:,}{_partial(b.unknown_macs_nodes)} -> "
+                  f"{a.macs:,}{_partial(a.unknown_macs_nodes)}, params {b.params:,} -> {a.params:,}")
+    if result.shapes is not None and result.shapes.chosen_axes:
+        console.print(f"input shapes: {_shapes_clause(result.shapes.shapes, result.shapes.chosen_axes)}")
     if result.verification is not None:
-        worst = max((o.max_rel for o in result.verification.outputs), default=0.0)
-        console.print(f"verified: largest relative error {worst:.3g} over {len(result.verification.outputs)} output(s)")
+        worst = max(result.verification.outputs, key=lambda o: o.error or 0.0, default=None)
+        oracles = result.oracle.used if result.oracle is not None else ["executor"]
+        console.print(f"verified by {' and '.join(oracles)} over {len(result.verification.outputs)} output(s): "
+                      + (worst.message[0].lower() + worst.message[1:] if worst is not None else "no outputs"))
+        for note in result.oracle.notes() if result.oracle is not None else []:
+            console.print(f"note: {note}", markup=False)
     else:
         console.print("not verified (--no-verify)")
     console.print(f"wrote {target}")
@@ -300,10 +322,32 @@ def cmd_analyze(args) -> int:
         table.add_column(col, justify="right" if col in ("MACs", "params") else "left")
     for row in data["nodes"]:
         table.add_row(row["name"], row["op_type"], " ".join(_fmt_shape(s) for s in row["output_shapes"]),
-                      f"{row['macs']:,}", f"{row['params']:,}")
+                      _count(row["macs"]), _count(row["params"]))
     console.print(table)
-    console.print(f"total: {data['total']['macs']:,} MACs, {data['total']['params']:,} params")
+    if report.input_shapes:
+        console.print(f"priced at {_shapes_clause(report.input_shapes, report.chosen_axes)}")
+    total = data["total"]
+    console.print(f"total: {total['macs']:,} MACs{_partial(total['unknown_macs_nodes'])}, "
+                  f"{total['params']:,} params{_partial(total['unknown_params_nodes'])}")
     return 0
+
+
+def _count(value: int | None) -> str:
+    """A cost cell: ``?`` when the cost model does not know it."""
+    return "?" if value is None else f"{value:,}"
+
+
+def _partial(unknown_nodes: int) -> str:
+    return f" (partial: {unknown_nodes} node(s) unknown, shown as ?)" if unknown_nodes else ""
+
+
+def _shapes_clause(shapes: dict, chosen_axes: dict) -> str:
+    """``images 1x3x320x320 (axes 0, 2, 3 chosen by default)``, per input."""
+    def chosen(axes: list[int]) -> str:
+        return f" ({'axis' if len(axes) == 1 else 'axes'} {', '.join(map(str, axes))} chosen by default)" if axes else ""
+
+    return ", ".join(f"{name} {_fmt_shape(shape) or 'scalar'}{chosen(chosen_axes.get(name, []))}"
+                     for name, shape in shapes.items())
 
 
 BOTTLENECK_COLUMNS = ("layer", "op", "shape", "macs", "structure", "rank", "macs_after", "predicted_error", "reason")
@@ -344,7 +388,7 @@ def _cell(value) -> str:
 
 
 def _fmt_shape(shape) -> str:
-    return "?" if shape is None else "x".join(str(d) for d in shape)
+    return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -381,7 +425,8 @@ def cmd_run(args) -> int:
                 "max": json_number(float(value.max())) if value.size else None}
                for name, value in outputs.items()]
     if args.json:
-        print(json.dumps({"outputs": summary, "written": args.output}, indent=2))
+        print(json.dumps({"inputs": {k: list(np.shape(v)) for k, v in feeds.items()}, "outputs": summary,
+                          "written": args.output}, indent=2))
         return 0
     if args.quiet:
         return 0
@@ -397,7 +442,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    defaults = {"atol": 1e-5, "rtol": 1e-5}
+    defaults: dict[str, float | None] = {"atol": None, "rtol": None}
     per_output: dict[str, dict[str, float]] = {"atol": {}, "rtol": {}}
     for kind in ("atol", "rtol"):
         for name, value in getattr(args, kind):
@@ -407,24 +452,39 @@ def cmd_verify(args) -> int:
                 per_output[kind][name] = value
     with _working(args, "running both models"):
         report = api.verify(args.reference, args.candidate, inputs=_load_inputs(args.inputs),
-                            shapes=dict(args.shape) or None, seed=args.seed, atol=defaults["atol"],
+                            shapes=dict(args.shape) or None, seed=args.seed, tolerance=args.tolerance,
+                            atol=defaults["atol"],
                             rtol=defaults["rtol"], per_output_atol=per_output["atol"],
                             per_output_rtol=per_output["rtol"])
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif not args.quiet:
-        table = Table(title=f"{args.candidate} against {args.reference}")
-        for col in ("output", "verdict", "max |d|", "max rel d", "cosine", "argmax agree", "min atol", "min rtol"):
+        table = Table(title=f"{args.candidate} against {args.reference} (oracle: {report.oracle})")
+        for col in ("output", "verdict", "noise floor", "error", "ratio", "allowed", "max |d|", "max rel d", "cosine",
+                    "argmax agree", "min atol", "min rtol", "inf/NaN"):
             table.add_column(col)
         for o in report.outputs:
-            table.add_row(o.name, "pass" if o.passed else "FAIL", f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+            allowed = f"{o.allowed:.3g}" if o.allowed is not None else f"atol {o.atol:g} rtol {o.rtol:g}"
+            table.add_row(o.name, "pass" if o.passed else "FAIL", *(_short(x) for x in (o.noise_floor, o.error, o.ratio)),
+                          allowed, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
                           f"{o.cosine:.6f}", "" if o.argmax_agreement is None else f"{o.argmax_agreement:.3f}",
-                          f"{o.min_atol:.3g}", f"{o.min_rtol:.3g}")
-        _console().print(table)
+                          f"{o.min_atol:.3g}", f"{o.min_rtol:.3g}",
+                          f"{o.nonfinite}, {o.nonfinite_mismatches} differ" if o.nonfinite_mismatches else str(o.nonfinite))
+        console = _console()
+        console.print(table)
+        if report.criterion is not None:
+            c = report.criterion
+            console.print(f"criterion: error against the reference run in float64 <= max({c.tolerance:g}, "
+                          f"{c.factor:g} x noise floor); noise floor: the reference's own error", markup=False)
     if not report.passed:
         _error(report.failures()[0].message)
         return 1
     return 0
+
+
+def _short(value: float | None) -> str:
+    """3 significant digits; blank when not measured."""
+    return "" if value is None else f"{value:.3g}"
 
 
 def cmd_zoo(args) -> int:
@@ -475,6 +535,18 @@ def cmd_passes(args) -> int:
     for p in infos:
         table.add_row(p.name, "yes" if p.exact else "no", "yes" if p.default else "no", p.doc)
     _console().print(table)
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from optimizer.executor import conformance
+
+    with _working(args, "running onnx's node test cases on the executor"):
+        coverage = conformance.coverage()
+    if args.json:
+        print(json.dumps(coverage.to_dict(), indent=2))
+    elif not args.quiet:
+        conformance.render(coverage, _console())
     return 0
 
 

@@ -6,8 +6,9 @@ pool (or on a dask cluster) and gathers one JSON-ready row per model into a ``Zo
 A model that cannot be loaded, run or verified becomes an "error" or "fail" row; it never
 stops the others. ``compare_baseline`` diffs a report against an earlier run's JSON.
 
-Verdicts: "pass" when every output's relative error max|d| / max|y| is within the tolerance
-(the same measure as ``ninopt optimize --tolerance``), "fail" when one is not, "error" when
+Verdicts: "pass" when every output meets the verification criterion of ``ninopt optimize``
+(relative error against the float64 truth within max(tolerance, k x the original's noise
+floor), in every oracle used), "fail" when one does not, "error" when
 the model could not be optimized or run (the row's ``message`` says why in one sentence).
 """
 
@@ -26,7 +27,7 @@ from typing import Any, Iterable
 from optimizer import api
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
-from optimizer.verification import json_number
+from optimizer.verification import Criterion, json_number
 
 #: Ops whose per-layer MACs the report keeps (the HTML chart plots them).
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -65,12 +66,16 @@ def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> 
         row["passes"][stats.name] = row["passes"].get(stats.name, 0) + stats.rewrites
     row["layers"] = _layer_macs(analyze_costs(original).nodes, analyze_costs(result.graph).nodes)
     report = result.verification
-    row["max_error"] = json_number(max((o.max_rel for o in report.outputs), default=0.0))
-    row["outputs"] = [{"name": o.name, "max_abs": json_number(o.max_abs), "max_rel": json_number(o.max_rel),
-                       "min_atol": json_number(o.min_atol), "min_rtol": json_number(o.min_rtol)} for o in report.outputs]
+    row["max_error"] = json_number(report.worst_error)
+    row["outputs"] = [{key: value for key, value in o.to_dict().items()
+                       if key in ("name", "noise_floor", "error", "ratio", "allowed", "max_abs", "max_rel", "min_atol",
+                                  "min_rtol", "nonfinite")} for o in report.outputs]
+    row["oracles"] = result.oracle.used
     row["verdict"] = "pass" if report.passed else "fail"
     if not report.passed:
-        row["message"] = f"{report.worst_failure()} (allowed {result.budget:g})."
+        row["message"] = f"{report.worst_failure()}."  # names onnxruntime when it was the one to refuse
+    elif result.oracle.notes():
+        row["message"] = " ".join(result.oracle.notes())
 
 
 def _layer_macs(before, after) -> list[dict[str, Any]]:
@@ -177,7 +182,7 @@ def render_table(report: ZooReport, console) -> None:
     from rich import box
     from rich.table import Table
 
-    table = Table(title="model zoo (before → after; error = max relative error)", box=box.SIMPLE_HEAD)
+    table = Table(title="model zoo (before → after; error = relative error vs the float64 truth)", box=box.SIMPLE_HEAD)
     for col in ("model", "nodes", "MACs", "params", "error", "verdict", "time"):
         table.add_column(col, justify="left" if col in ("model", "verdict") else "right",
                          no_wrap=col != "model", overflow="fold", min_width=10 if col == "model" else None)
@@ -230,7 +235,8 @@ def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int =
             rows = _run_dask(found, options, dask_address, bar)
         else:
             rows = _run_pool(found, options, jobs, bar)
-    meta = {"tolerance": tolerance, "passes": passes, "bottleneck_max_error": bottleneck_max_error}
+    meta = {"tolerance": tolerance, "passes": passes, "bottleneck_max_error": bottleneck_max_error,
+            "criterion": Criterion(tolerance).to_dict()}
     return ZooReport([rows[path] for _, path in found], time.perf_counter() - start, meta)
 
 
@@ -314,7 +320,7 @@ def _run_dask(found, options, address, bar) -> dict[str, dict]:
 def _error_row(name: str, path: str, message: str | None) -> dict[str, Any]:
     """A row with nothing measured yet (``run_model`` fills it in as it gets further)."""
     return {"name": name, "path": path, "verdict": "error", "message": message, "before": None, "after": None,
-            "max_error": None, "outputs": [], "passes": {}, "layers": [], "seconds": 0.0}
+            "max_error": None, "outputs": [], "oracles": [], "passes": {}, "layers": [], "seconds": 0.0}
 
 
 class _Progress:

@@ -209,3 +209,24 @@ def test_run_shows_nan_outputs_instead_of_crashing(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", x=np.array([-1.0, 1.0, 2.0, 3.0], np.float32))
     result = _run("run", str(model), "--inputs", str(tmp_path / "x.npz"))
     assert result.returncode == 0 and "nan" in result.stdout, result.stderr
+
+
+def test_ops_lists_kernels_and_the_node_test_score(capsys) -> None:
+    from optimizer.executor import conformance, lookup, registered_ops
+
+    assert main(["ops", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "Conv" in report["registered_ops"]["by_domain"]["ai.onnx"]
+    assert "FusedConv" in report["registered_ops"]["by_domain"]["com.microsoft"]
+    assert report["registered_ops"]["count"] == len({(d, op) for d, op, _, _ in registered_ops()})
+    results = conformance.coverage().results
+    cases = report["node_cases"]
+    assert cases["total"] == len(conformance.node_cases()) == len(results)
+    assert cases["passed"] == sum(r.status == conformance.PASSED for r in results) > 1000
+    assert cases["eligible"] == cases["total"] - sum(r.status == conformance.UNSUPPORTED for r in results)
+    newest = onnx.defs.onnx_opset_version()
+    for missing in report["missing_ops"]:
+        assert all(lookup("", missing["op"], opset) is None for opset in range(1, newest + 1)), missing
+    assert main(["ops"]) == 0
+    text = capsys.readouterr().out
+    assert f"{cases['passed']} passed / {cases['eligible']} eligible / {cases['total']} total" in text
