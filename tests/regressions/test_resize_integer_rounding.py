@@ -105,9 +105,9 @@ def test_round_is_half_to_even_as_onnxruntime() -> None:
         assert list(got[:6]) == [0, 2, 2, -0, -2, -2]
 
 
-@pytest.mark.parametrize("source, target", itertools.product(
+@pytest.mark.parametrize("source, target", list(itertools.product(
     [np.float32, np.float64, np.float16],
-    ["INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL"]))
+    ["INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL"])))
 def test_cast_from_float_truncates_like_onnxruntime_out_of_range_too(source, target: str) -> None:
     """Out-of-range conversions are undefined in C; onnxruntime's results on this machine are the reference.
     float16 NaN and infinities are left out: the executor widens float16 to float32 before the kernel, and
