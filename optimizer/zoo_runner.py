@@ -64,7 +64,8 @@ def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> 
     row["before"], row["after"] = result.before.to_dict(), result.after.to_dict()
     for stats in result.pipeline.passes:  # cleanup passes run again after bottleneck insertion: add up
         row["passes"][stats.name] = row["passes"].get(stats.name, 0) + stats.rewrites
-    row["layers"] = _layer_macs(analyze_costs(original).nodes, analyze_costs(result.graph).nodes)
+    pins = result.shapes.pins if result.shapes is not None else None  # the shapes it was priced and verified at
+    row["layers"] = _layer_macs(analyze_costs(original, pins).nodes, analyze_costs(result.graph, pins).nodes)
     report = result.verification
     row["max_error"] = json_number(report.worst_error)
     row["outputs"] = [{key: value for key, value in o.to_dict().items()
@@ -189,7 +190,7 @@ def render_table(report: ZooReport, console) -> None:
     style = {"pass": "green", "fail": "red", "error": "yellow"}
     for m in report.models:
         b, a = m["before"], m["after"]
-        sizes = [f"{short_number(b[k])}→{short_number(a[k])}" if a else "" for k in ("nodes", "macs", "params")]
+        sizes = [f"{_total(b, k)}→{_total(a, k)}" if a else "" for k in ("nodes", "macs", "params")]
         verdict = f"[{style[m['verdict']]}]{m['verdict']}[/]"
         table.add_row(m["name"], *sizes, format_error(m["max_error"]), verdict, f"{m['seconds']:.1f}s")
     console.print(table)
@@ -206,6 +207,12 @@ def format_error(value: float | str | None) -> str:
     if value is None:
         return ""
     return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _total(summary: dict[str, Any], key: str) -> str:
+    """A short total, marked ≥ where some nodes' cost is unknown (the total is then a lower bound)."""
+    partial = summary.get(f"{key}_partial", False)
+    return ("≥" if partial else "") + short_number(summary[key])
 
 
 def short_number(n: int) -> str:

@@ -247,6 +247,29 @@ def test_table_names_every_model_and_the_totals(report):
     assert "not a readable ONNX model" in text  # the error row's sentence
 
 
+def test_table_marks_partial_mac_totals_and_layers_use_the_chosen_shapes(tmp_path):
+    """A model with an unpriced op (If) shows its MACs as a lower bound, never a plain 0; a dynamic model's
+    layers are priced at the shapes it was verified at."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph([helper.make_node("Relu", ["c"], ["r"])], "b", [],
+                             [helper.make_tensor_value_info("r", TensorProto.FLOAT, ["n", 4, "h", "w"])])
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"]),
+                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])], [w])
+    path = tmp_path / "if.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    zoo_report = run_zoo([path], progress=False)
+    (row,) = zoo_report.models
+    assert row["before"]["macs_partial"] and row["layers"][0]["macs_before"] > 0
+    console = Console(record=True, width=140)
+    render_table(zoo_report, console)
+    assert "≥" in console.export_text()
+
+
 def test_html_is_self_contained_with_a_row_and_a_chart_per_model(report, tmp_path):
     pytest.importorskip("matplotlib")
     from optimizer.report_html import write_html
