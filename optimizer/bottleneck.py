@@ -239,19 +239,12 @@ def _as_matrix(layer: Layer, a: np.ndarray) -> np.ndarray:
 
 
 def random_feeds(graph: Graph, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Seeded standard-normal inputs (symbolic dims become 1), one feed dict per sample."""
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(samples):
-        feed = {}
-        for name in graph.feed_inputs():
-            info = graph.tensors.get(name)
-            shape = [d if isinstance(d, int) else 1 for d in (graph.shape(name) or ())]
-            dtype = (info.dtype if info is not None else None) or np.dtype(np.float32)
-            feed[name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" \
-                else rng.integers(0, 3, shape).astype(dtype)
-        feeds.append(feed)
-    return feeds
+    """Seeded inputs, one feed dict per sample, drawn as verification draws them and at the shapes it
+    chooses for dynamic dims (a symbolic H or W of 1 breaks real detectors and recognizers)."""
+    from optimizer.verification import choose_input_shapes, random_inputs
+
+    shapes = choose_input_shapes(graph, seed=seed).shapes
+    return [random_inputs(graph, shapes, seed + i) for i in range(samples)]
 
 
 def _calibration_feeds(graph: Graph, calibration, samples: int, seed: int) -> tuple[list[dict], str]:

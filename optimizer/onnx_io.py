@@ -427,6 +427,10 @@ def shape_inference_accepts(graph: Graph, pins: dict[str, tuple]) -> bool:
     for vi in model.graph.input:
         if vi.name in pins:
             vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, pins[vi.name]))
+    for vi in [*model.graph.output, *model.graph.value_info]:  # a declared -1 means unknown, not a size to contradict
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.ClearField("dim_value")
     try:
         onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):

@@ -76,6 +76,28 @@ def test_question_mark_dims_are_placeholders_not_one_symbol(tmp_path, capsys):
     assert data["input_shapes"] == {"x": [1, 3, 48, 192]}
 
 
+def test_a_declared_minus_one_output_dim_does_not_veto_every_size():
+    """paddle2onnx also writes -1 into output shapes: strict shape inference read it as a size 1 contradicts."""
+    model = _conv_model([-1, 3, -1, -1])
+    for dim in model.graph.output[0].type.tensor_type.shape.dim:
+        dim.dim_value = -1
+    graph = onnx_io.load(model)
+    assert onnx_io.shape_inference_accepts(graph, {"x": (1, 3, 32, 32)})
+    assert choose_input_shapes(graph).shapes == {"x": (1, 3, SPATIAL_SIZES[0], SPATIAL_SIZES[0])}
+
+
+def test_bottleneck_analysis_runs_dynamic_models_at_the_chosen_shapes():
+    """It drew its own random inputs with every dynamic dim 1, which two unpadded 3x3 convs cannot take."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                   inits=[_weight("w1", 16, 3, 3, 3), _weight("w2", 8, 16, 3, 3)])
+    report = optimizer.analyze_bottlenecks(model)
+    assert report.rows() and all(row["macs"] > 0 for row in report.rows())
+    result = optimizer.optimize(model, bottleneck=optimizer.api.BottleneckOptions(max_error=1e-2))
+    assert result.verification.passed
+
+
 # ---------------------------------------------------------------------- symbolic batch
 def test_symbolic_batch_is_verified_at_1_and_reported(tmp_path, capsys):
     source = _save(tmp_path, _conv_model(["batch", 3, 10, 12]))
