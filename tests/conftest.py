@@ -39,16 +39,11 @@ def _as_model_proto(model: Any) -> tuple[onnx.ModelProto | None, str | None]:
         return None, os.fspath(model)
     if isinstance(model, onnx.ModelProto):
         return model, None
-    from optimizer import onnx_io  # a Graph
     from optimizer.ir import Graph
+    from optimizer.oracle import model_for_runtime  # external weights read in, as onnxruntime needs them
 
     if isinstance(model, Graph):
-        proto = onnx_io.to_model_proto(model)
-        base = getattr(model.source, "base_dir", None)
-        if base is not None and any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            proto = onnx.ModelProto.FromString(proto.SerializeToString())
-            onnx.external_data_helper.load_external_data_for_model(proto, str(base))
-        return proto, None
+        return model_for_runtime(model), None
     raise TypeError(f"expected a path, an onnx.ModelProto or a Graph, got {type(model).__name__}")
 
 
