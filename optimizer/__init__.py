@@ -7,13 +7,16 @@ Library entry points mirror the CLI::
     result.save("model.opt.onnx")
     costs = optimizer.analyze("model.onnx")          # per-node MACs, params, shapes
     outputs = optimizer.run("model.onnx", {"data": x})
+    timings = optimizer.profile("model.onnx")         # where the executor's time goes
     report = optimizer.verify("model.onnx", "model.opt.onnx")
     summary = optimizer.zoo(["models/"], jobs=2).summary
 """
 
-from optimizer.api import BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, run, save, verify, zoo
+from optimizer.api import (
+    BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, profile, run, save, verify, zoo,
+)
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph, Node
 
 __all__ = ["BottleneckOptions", "Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze",
-           "analyze_bottlenecks", "load", "optimize", "run", "save", "verify", "zoo"]
+           "analyze_bottlenecks", "load", "optimize", "profile", "run", "save", "verify", "zoo"]

@@ -201,6 +201,18 @@ def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return run_graph(load(model), feeds)
 
 
+def profile(model: ModelLike, feeds: dict[str, np.ndarray] | None = None, *, runs: int = 3, seed: int = 0):
+    """Where the executor's time goes on this model (an ``optimizer.profile.Profile``): seconds per node and
+    op type, with output shapes, MACs and achieved GFLOP/s. ``feeds`` default to seeded random inputs at the
+    shapes verification chooses."""
+    from optimizer.profile import profile as profile_graph
+    from optimizer.verification import prepare_feeds
+
+    graph = load(model)
+    feeds, _ = prepare_feeds(graph, feeds, None, seed)
+    return profile_graph(graph, feeds, runs)
+
+
 def verify(reference: ModelLike, candidate: ModelLike, **options):
     """Compare two models on the same inputs (see ``optimizer.verification.verify`` for the options)."""
     from optimizer.verification import verify as verify_graphs

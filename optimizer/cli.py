@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
     p.add_argument("-o", "--output", help="write the outputs to this .npz, keyed by output name")
     p.add_argument("--json", action="store_true", help="print a summary of each output as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="time every node: seconds per op type and the 10 slowest nodes with shapes, MACs, GFLOP/s")
+    p.add_argument("--runs", type=int, default=3, help="with --profile: timed runs after a warm-up (default %(default)s)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", parents=[common], help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
@@ -413,6 +416,8 @@ def cmd_run(args) -> int:
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
     feeds, _ = prepare_feeds(graph, _load_inputs(args.inputs), dict(args.shape) or None, args.seed)
+    if args.profile:
+        return _print_profile(args, graph, feeds)
     with _working(args, f"running {Path(args.model).name}"):
         outputs = executor.run(feeds)
     if args.output:
@@ -438,6 +443,38 @@ def cmd_run(args) -> int:
     _console().print(table)
     if args.output:
         _console().print(f"wrote {args.output}")
+    return 0
+
+
+def _print_profile(args, graph, feeds) -> int:
+    from optimizer.profile import profile
+
+    with _working(args, f"profiling {Path(args.model).name}"):
+        result = profile(graph, feeds, args.runs)
+    if args.json:
+        print(json.dumps({"inputs": {k: list(np.shape(v)) for k, v in feeds.items()}, "profile": result.to_dict()},
+                         indent=2))
+        return 0
+    if args.quiet:
+        return 0
+    console = _console()
+    table = Table(title=f"time per op type ({Path(args.model).name}, median of {result.runs} runs)")
+    for col in ("op type", "nodes", "ms", "share", "MACs"):
+        table.add_column(col, justify="left" if col == "op type" else "right")
+    for row in result.by_op_type():
+        table.add_row(row.op_type, str(row.nodes), f"{row.seconds * 1e3:.2f}", f"{row.share:.1%}",
+                      _count(row.macs))
+    console.print(table)
+    table = Table(title="slowest nodes")
+    for col in ("node", "op type", "output shape", "MACs", "ms", "GFLOP/s"):
+        table.add_column(col, justify="left" if col in ("node", "op type") else "right")
+    for n in result.slowest():
+        table.add_row(n.name, n.op_type, _fmt_shape(n.output_shapes[0]) if n.output_shapes else "",
+                      _count(n.macs), f"{n.seconds * 1e3:.2f}",
+                      "-" if n.macs == 0 else "?" if n.gflops is None else f"{n.gflops:.2f}")
+    console.print(table)
+    console.print(f"nodes {result.node_seconds * 1e3:.2f} ms of {result.total_seconds * 1e3:.2f} ms measured "
+                  f"({result.node_seconds / result.total_seconds:.1%}); the rest is the executor's own overhead")
     return 0
 
 

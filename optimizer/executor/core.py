@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -180,10 +181,20 @@ class Executor:
         self._execute(env)
         return [env[name] for name in self.graph.outputs]
 
-    def _execute(self, env: dict[str, Any]) -> None:
+    def run_timed(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[tuple[Node, float, list]]]:
+        """``run``, also returning each top-level node with its seconds and its output shapes (for profiles)."""
+        env = self._scope()
+        env.update(self._check_feeds(feeds))
+        timings: list[tuple[Node, float, list]] = []
+        self._execute(env, timings)
+        return {name: _owned(env[name]) for name in self.graph.outputs}, timings
+
+    def _execute(self, env: dict[str, Any], timings: list | None = None) -> None:
         precision = self.precision
         with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
             for step in self._steps:
+                if timings is not None:
+                    started = time.perf_counter()
                 args = [env[name] if name else None for name in step.inputs]
                 stored = None  # the inputs' own dtypes, when some were widened for the kernel
                 if not step.has_subgraphs:  # bodies adapt their own ops; If/Loop pass values through as held
@@ -211,8 +222,11 @@ class Executor:
                 for name, value in zip(step.outputs, values):
                     if name:
                         env[name] = value
-                for name in step.free:
+                for name in step.free:  # freeing large arrays takes time too: it is the step's
                     env.pop(name, None)
+                if timings is not None:
+                    timings.append((step.ctx.node, time.perf_counter() - started,
+                                    [np.shape(v) if name else None for name, v in zip(step.outputs, values)]))
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         graph = self.graph
