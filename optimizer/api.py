@@ -202,10 +202,10 @@ def run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def profile(model: ModelLike, feeds: dict[str, np.ndarray] | None = None, *, runs: int = 3, seed: int = 0):
-    """Where the executor's time goes on this model (an ``optimizer.profile.Profile``): seconds per node and
+    """Where the executor's time goes on this model (an ``optimizer.profiling.Profile``): seconds per node and
     op type, with output shapes, MACs and achieved GFLOP/s. ``feeds`` default to seeded random inputs at the
     shapes verification chooses."""
-    from optimizer.profile import profile as profile_graph
+    from optimizer.profiling import profile as profile_graph
     from optimizer.verification import prepare_feeds
 
     graph = load(model)

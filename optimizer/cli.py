@@ -447,7 +447,7 @@ def cmd_run(args) -> int:
 
 
 def _print_profile(args, graph, feeds) -> int:
-    from optimizer.profile import profile
+    from optimizer.profiling import profile
 
     with _working(args, f"profiling {Path(args.model).name}"):
         result = profile(graph, feeds, args.runs)

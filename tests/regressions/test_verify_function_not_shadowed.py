@@ -16,3 +16,11 @@ def test_verify_is_still_the_function_after_optimize() -> None:
     optimizer.optimize(FIXTURE)
     assert callable(optimizer.verify)
     assert optimizer.verify(FIXTURE, FIXTURE).passed
+
+
+def test_no_public_function_is_shadowed_by_a_submodule_of_the_same_name() -> None:
+    """The same trap caught optimizer.profile(): its module was first named profile.py (now profiling.py)."""
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(optimizer.__path__)}
+    assert not submodules & set(optimizer.__all__)

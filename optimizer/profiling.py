@@ -5,7 +5,9 @@ node, the median of its seconds across runs, its output shapes and its MACs (the
 at the shapes the run produced), so achieved GFLOP/s (2 × MACs / seconds) shows which nodes
 run far below what BLAS gives the big ones. The total is the median wall time of ``run``
 itself; what the nodes do not account for is the executor's own overhead (feeds, scope,
-output copies). ``ninopt run --profile`` prints it; ``optimizer.profile`` returns it.
+output copies). ``ninopt run --profile`` prints it; ``optimizer.profile`` returns it. (Named
+``profiling``: a submodule ``profile`` would shadow the ``optimizer.profile()`` function, as
+``verify.py`` once shadowed ``optimizer.verify()``.)
 """
 
 from __future__ import annotations
