@@ -120,10 +120,6 @@ _CONSTANT_ATTR_DTYPES = {"value_float": np.float32, "value_floats": np.float32, 
                          "value_ints": np.int64}
 
 
-#: A sparse Constant is densified only up to this many elements (a sparse huge tensor stays a node).
-MAX_DENSIFIED_ELEMENTS = 1 << 20
-
-
 def _constant_attr_value(attrs: dict[str, Any]) -> np.ndarray | None:
     """A Constant op's value from whichever attribute form it uses (string forms and large sparse ones: None)."""
     value = attrs.get("value")
@@ -133,25 +129,10 @@ def _constant_attr_value(attrs: dict[str, Any]) -> np.ndarray | None:
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     if "sparse_value" in attrs:
-        return _densify(attrs["sparse_value"])
+        from optimizer.onnx_io import densify_sparse  # the attribute stays protobuf: the boundary reads it
+
+        return densify_sparse(attrs["sparse_value"])
     return None
-
-
-def _densify(sparse: Any) -> np.ndarray | None:
-    """A SparseTensorProto as a dense array (linear [NNZ] or coordinate [NNZ, rank] indices), if small enough."""
-    from onnx import numpy_helper  # the attribute stays protobuf; only its values are read
-
-    dims = tuple(sparse.dims)
-    if int(np.prod(dims, dtype=np.int64)) > MAX_DENSIFIED_ELEMENTS:
-        return None
-    values = numpy_helper.to_array(sparse.values)
-    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-    dense = np.zeros(dims, dtype=values.dtype)
-    if indices.ndim == 2:
-        dense[tuple(indices.T)] = values
-    else:
-        dense.reshape(-1)[indices] = values
-    return dense
 
 
 @dataclass(eq=False)

@@ -179,6 +179,25 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+#: A sparse Constant is densified only up to this many elements (a sparse huge tensor stays a node).
+MAX_DENSIFIED_ELEMENTS = 1 << 20
+
+
+def densify_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray | None:
+    """A SparseTensorProto as a dense array (linear [NNZ] or coordinate [NNZ, rank] indices), if small enough."""
+    dims = tuple(sparse.dims)
+    if int(np.prod(dims, dtype=np.int64)) > MAX_DENSIFIED_ELEMENTS:
+        return None
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dense = np.zeros(dims, dtype=values.dtype)
+    if indices.ndim == 2:
+        dense[tuple(indices.T)] = values
+    else:
+        dense.reshape(-1)[indices] = values
+    return dense
+
+
 def _subgraphs(node: onnx.NodeProto):
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
