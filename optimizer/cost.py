@@ -22,18 +22,9 @@ Inception v1 and ~4.09 G for ResNet-50, and so passes compare exactly the work t
   nodes it leaves out (``macs_partial``, ``unknown_macs_nodes``, the same for params and
   activation bytes), and ``CostReport.unknown`` names them. Pin input dims with
   ``input_shapes`` to resolve them (``optimizer.analyze`` pins the shapes verification
-  would choose; see ``optimizer.verification.choose_input_shapes``).
+  would choose; see ``optimizer.inputs.choose_input_shapes``).
 
-Shapes come from this module's rules for the ops CNNs are made of (checked against
-onnxruntime in the tests), then from onnx shape inference with data propagation for
-everything else and for dims the rules leave open, then from the model's own value_info.
-The rules come first because onnx inference is wrong where it matters here (with
-ceil_mode it keeps a pooling window that would start in the end padding, which
-onnxruntime and PyTorch drop) and because it is slow on big graphs: it runs only when the
-rules leave a dim unknown. The rules also propagate the values of small numeric tensors
-through shape-computing ops, so ConstantOfShape weights (the light zoo's) and computed
-Reshape targets resolve. Nothing is written back into the Graph: a round trip stays
-lossless and pinned input dims never leak into the model.
+Shapes come from ``optimizer.shape_inference``; this module only prices nodes at them.
 """
 
 from __future__ import annotations
@@ -41,16 +32,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
-from onnx import GraphProto, TensorProto
-
-from optimizer import onnx_io
-from optimizer.errors import NinoptError
-from optimizer.ir import Dim, Graph, Node, dtype_to_elem_type, elem_type_to_dtype
-
-Shape = tuple[Dim, ...]
+from optimizer.ir import Graph, Node
+from optimizer.shape_inference import Shape, TensorFacts, costed_op, infer_facts
+from optimizer.values import Dim, elem_type_to_dtype
 
 #: Ops whose multiply-accumulates ``macs`` counts (integer and QLinear forms are priced as these).
 MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
@@ -63,17 +49,6 @@ _QUANTIZED = {"ConvInteger": ("Conv", 0, 1), "QLinearConv": ("Conv", 0, 3),
               "MatMulInteger": ("MatMul", 0, 1), "QLinearMatMul": ("MatMul", 0, 3)}
 #: Gates per recurrent op: each computes hidden_size outputs from the input and the hidden state.
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-#: Values of numeric tensors up to this size are propagated (shape computations are tiny).
-_MAX_VALUE_ELEMS = 64
-#: Initializers larger than this reach onnx shape inference as typed inputs without data,
-#: which keeps the inference model small (and under protobuf's 2 GiB limit).
-#: Ops with inputs all constant whose output still is not a constant.
-_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                         "Multinomial", "Bernoulli"})
-
-_ShapeRule = Callable[[Node, list, list, int], Sequence]
-_ValueRule = Callable[[Node, list, list, int], "np.ndarray | None"]
 
 
 # ---------------------------------------------------------------------- results
@@ -132,19 +107,12 @@ class CostReport:
                 "chosen_by_default": self.chosen_axes, "nodes": [n.to_dict() for n in self.nodes]}
 
 
-@dataclass
-class _Facts:
-    shapes: dict[str, Shape | None]
-    elem_types: dict[str, int]
-    constants: set[str]
-
-
 # ---------------------------------------------------------------------- public API
 def analyze_costs(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None = None, *,
                   use_onnx: bool = True) -> CostReport:
     """Shapes, MACs, params and activation bytes of every node, in topological order."""
     order = graph.toposort()
-    facts = _infer(graph, order, input_shapes, use_onnx)
+    facts = infer_facts(graph, order, input_shapes, use_onnx)
     counted: set[str] = set()
     nodes = []
     for node in order:
@@ -160,27 +128,6 @@ def analyze_costs(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None
     return CostReport(nodes)
 
 
-def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[Dim]] | None = None, *,
-                 use_onnx: bool = True) -> dict[str, Shape | None]:
-    """Shape of every tensor the graph reads or produces (None where unknown).
-
-    ``use_onnx=False`` never runs onnx shape inference: this module's rules and the model's
-    value_info alone.
-    """
-    return _infer(graph, graph.toposort(), input_shapes, use_onnx).shapes
-
-
-#: Contrib ops priced as the standard op they fuse (the activation they add costs no MACs).
-_COSTED_AS = {("com.microsoft", "FusedConv"): "Conv"}
-
-
-def _costed_op(node: Node) -> str | None:
-    """The standard op type a node is priced and shaped as, or None for ops of unknown domains."""
-    if node.domain in ("", "ai.onnx"):
-        return node.op_type
-    return _COSTED_AS.get((node.domain, node.op_type))
-
-
 def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | None = None) -> int | None:
     """Multiply-accumulates of one node: 0 for ops ``macs`` does not count, None when unknown.
 
@@ -188,7 +135,7 @@ def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | Non
     (see the module docstring). Tensors missing from ``shapes`` fall back to the graph's
     tensor table, so a pass can price a rewrite whose new tensors it has given shapes.
     """
-    op_type = _costed_op(node)
+    op_type = costed_op(node)
     if op_type is None or op_type in _UNPRICED_OPS:
         return None
     op_type, first, second = _QUANTIZED.get(op_type, (op_type, 0, 1))
@@ -223,25 +170,20 @@ def node_macs(graph: Graph, node: Node, shapes: Mapping[str, Shape | None] | Non
 
 
 # ---------------------------------------------------------------------- costs
-def _node_params(node: Node, facts: _Facts, counted: set[str]) -> int | None:
+def _node_params(node: Node, facts: TensorFacts, counted: set[str]) -> int | None:
     """Elements of the node's constant inputs not counted before; None for control flow (weights live in bodies).
 
     Ops of unknown domains count their constant inputs too: they are most often fused
     layers whose weights would otherwise vanish from the total.
     """
-    op_type = _costed_op(node)
-    if op_type in _UNPRICED_OPS and _has_subgraph(node):
+    op_type = costed_op(node)
+    if op_type in _UNPRICED_OPS and node.subgraphs():
         return None
     if op_type is not None and _QUANTIZED.get(op_type, (op_type,))[0] not in PARAM_OPS:
         return 0
     fresh = [t for t in dict.fromkeys(node.inputs) if t and t in facts.constants and t not in counted]
     counted.update(fresh)
     return _sum_or_none(_numel(facts.shapes.get(t)) for t in fresh)
-
-
-def _has_subgraph(node: Node) -> bool:
-    return any(isinstance(v, GraphProto) or (isinstance(v, list) and v and isinstance(v[0], GraphProto))
-               for v in node.attrs.values())
 
 
 def _nbytes(shape: Shape | None, elem_type: int) -> int | None:
@@ -268,611 +210,3 @@ def _sum_or_none(values) -> int | None:
             return None
         total += v
     return total
-
-
-# ---------------------------------------------------------------------- inference driver
-def _infer(graph: Graph, order: list[Node], input_shapes: Mapping[str, Sequence[Dim]] | None,
-           use_onnx: bool) -> _Facts:
-    """Rules first; onnx shape inference only when they leave a dim unknown (it costs more than the rules)."""
-    pins = {name: tuple(d if d is None or isinstance(d, str) else int(d) for d in dims)
-            for name, dims in (input_shapes or {}).items()}
-    feeds = set(graph.feed_inputs())
-    for name in pins:
-        if name not in feeds:
-            raise NinoptError(f"cannot pin the shape of {name!r}: it is not an input the model is fed.")
-    facts = _propagate(graph, order, pins, {}, {})
-    if use_onnx and any(s is None or None in s for s in facts.shapes.values()):
-        facts = _propagate(graph, order, pins, *onnx_io.inferred_shapes(graph, pins))
-    return facts
-
-
-def _propagate(graph: Graph, order: list[Node], pins: dict[str, Shape], onnx_shapes: dict[str, Shape | None],
-               onnx_types: dict[str, int]) -> _Facts:
-    """One pass in topological order: shapes, element types, constness and small numeric values."""
-    shapes: dict[str, Shape | None] = {}
-    types: dict[str, int] = {}
-    values: dict[str, np.ndarray] = {}
-    constants = set(graph.initializers)
-    for name in dict.fromkeys([*graph.inputs, *graph.initializers]):
-        shapes[name] = pins[name] if name in pins else _merge(onnx_shapes.get(name), graph.shape(name))
-        info = graph.tensors.get(name)
-        types[name] = (info.elem_type if info is not None else 0) or onnx_types.get(name, 0)
-        value = _small_const(graph, name)
-        if value is not None:
-            values[name] = value
-    opset = graph.opset()
-    for node in order:
-        outputs = node.outputs
-        ins = [shapes.get(t) if t else None for t in node.inputs]
-        vals = [values.get(t) for t in node.inputs]
-        standard = node.domain in ("", "ai.onnx")
-        op_type = _costed_op(node)
-        ruled = (_apply(_SHAPE_RULES.get(op_type), node, ins, vals, opset) if op_type else None) or ()
-        for i, out in enumerate(outputs):
-            if not out:
-                continue
-            table = None if pins else graph.tensors[out].shape
-            shapes[out] = _merge(ruled[i] if i < len(ruled) else None, onnx_shapes.get(out), table)
-            types[out] = onnx_types.get(out) or graph.tensors[out].elem_type or _rule_type(graph, node, i, types)
-        if (standard and node.op_type == "Constant") or (
-                node.inputs and not node.implicit_inputs and node.op_type not in _RANDOM_OPS
-                and all(t == "" or t in constants for t in node.inputs)):
-            constants.update(o for o in outputs if o)
-        if standard and outputs and outputs[0]:
-            value = _node_value(graph, node, ins, vals, opset)
-            if value is not None and value.dtype.kind in "biufO" and value.size <= _MAX_VALUE_ELEMS:
-                values[outputs[0]] = value
-    return _Facts(shapes, types, constants)
-
-
-def _node_value(graph: Graph, node: Node, ins: list, vals: list, opset: int) -> np.ndarray | None:
-    if node.op_type == "Constant":
-        return graph.const(node.outputs[0])
-    if node.op_type != "Shape" and any(v is None for v, t in zip(vals, node.inputs) if t):
-        return None
-    return _apply(_VALUE_RULES.get(node.op_type), node, ins, vals, opset)
-
-
-def _apply(rule, node: Node, ins: list, vals: list, opset: int):
-    """Run a shape or value rule; a missing input shape or malformed attribute means unknown.
-
-    Rules read what they need directly: an unknown (None) shape or value they index into or
-    read from, or a bad attribute, raises, and that is an answer ("unknown"), not an error;
-    the executor reports malformed models.
-    """
-    if rule is None:
-        return None
-    try:
-        return rule(node, ins, vals, opset)
-    except (TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError):
-        return None
-
-
-def _small_const(graph: Graph, name: str) -> np.ndarray | None:
-    """The value of a small numeric constant (shapes, scales, pads), without loading weights."""
-    const = graph.tensors[name].const if name in graph.tensors else None
-    if const is not None and (const.dtype is None or const.dtype.kind not in "biuf" or const.shape is None
-                              or math.prod(const.shape) > _MAX_VALUE_ELEMS):
-        return None
-    value = graph.const(name)
-    return value if value is not None and value.dtype.kind in "biuf" and value.size <= _MAX_VALUE_ELEMS else None
-
-
-def _fully_known(shape: Shape | None) -> bool:
-    return shape is not None and all(isinstance(d, int) for d in shape)
-
-
-def _merge(*candidates: Shape | None) -> Shape | None:
-    """Combine shape candidates in priority order: per dim an int beats a symbol beats None."""
-    known = [s for s in candidates if s is not None]
-    if not known:
-        return None
-    if _fully_known(known[0]):
-        return known[0]
-    mates = [s for s in known if len(s) == len(known[0])]
-    return tuple(_best_dim([s[i] for s in mates]) for i in range(len(known[0])))
-
-
-def _best_dim(dims: list[Dim]) -> Dim:
-    for kind in (int, str):
-        for d in dims:
-            if isinstance(d, kind):
-                return d
-    return None
-
-
-# ---------------------------------------------------------------------- element types
-_INT64, _BOOL = TensorProto.INT64, TensorProto.BOOL
-_OUTPUT_TYPES = {("Shape", 0): _INT64, ("Size", 0): _INT64, ("ArgMax", 0): _INT64, ("ArgMin", 0): _INT64,
-                 ("NonZero", 0): _INT64, ("TopK", 1): _INT64, ("MaxPool", 1): _INT64, ("Dropout", 1): _BOOL,
-                 **{(op, 0): _BOOL for op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-                                               "And", "Or", "Xor", "Not", "IsNaN", "IsInf")}}
-
-
-def _rule_type(graph: Graph, node: Node, index: int, types: dict[str, int]) -> int:
-    """Element type of an output onnx inference did not type: fixed by the op, else the first input's."""
-    op = node.op_type
-    if (op, index) in _OUTPUT_TYPES:
-        return _OUTPUT_TYPES[op, index]
-    if op == "Cast":
-        return int(node.attr("to", 0))
-    if op == "Constant":
-        value = graph.const(node.outputs[0])
-        return 0 if value is None else dtype_to_elem_type(value.dtype)
-    if op == "ConstantOfShape":  # float32 zeros unless the value attribute says otherwise
-        value = node.attr("value")
-        return TensorProto.FLOAT if value is None else dtype_to_elem_type(value.dtype)
-    data = node.inputs[1] if op == "Where" else (node.inputs[0] if node.inputs else "")
-    return types.get(data, 0)
-
-
-# ---------------------------------------------------------------------- dim arithmetic
-def _prod(dims: Sequence[Dim]) -> Dim:
-    """Product of dims; one symbol times ones stays that symbol, anything else unknown is None."""
-    total, symbol = 1, None
-    for d in dims:
-        if isinstance(d, int):
-            total *= d
-        elif isinstance(d, str) and symbol is None:
-            symbol = d
-        else:
-            return None
-    if symbol is None:
-        return total
-    return symbol if total == 1 else None
-
-
-def _broadcast(shapes: Sequence[Shape]) -> Shape:
-    """Numpy-style multidirectional broadcasting over possibly unknown dims."""
-    rank = max(len(s) for s in shapes)
-    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
-    return tuple(_broadcast_dim([s[i] for s in padded]) for i in range(rank))
-
-
-def _broadcast_dim(dims: list[Dim]) -> Dim:
-    others = {d for d in dims if d != 1}
-    ints = {d for d in others if isinstance(d, int)}
-    if ints:
-        return ints.pop() if len(ints) == 1 else None
-    if not others:
-        return 1
-    return others.pop() if len(others) == 1 else None  # one symbol; None if unknown or symbols differ
-
-
-def _axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
-
-
-def _window(size: Dim, kernel: Dim, stride: int, dilation: int, pad_begin: int, pad_end: int,
-            auto_pad: str, ceil_mode: bool) -> Dim:
-    """Output size of a sliding window (Conv, pooling) along one spatial axis."""
-    if auto_pad == "VALID":
-        pad_begin = pad_end = 0
-    if isinstance(size, str) and isinstance(kernel, int) and stride == 1 and (
-            auto_pad in ("SAME_UPPER", "SAME_LOWER") or pad_begin + pad_end == dilation * (kernel - 1)):
-        return size  # a stride-1 window padded to keep the size keeps the symbol too
-    if not isinstance(size, int) or not isinstance(kernel, int):
-        return None
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return -(-size // stride)
-    span = size + pad_begin + pad_end - dilation * (kernel - 1) - 1
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    return out - 1 if (out - 1) * stride >= size + pad_begin else out  # no window may start in the end padding
-
-
-def _spatial(node: Node, sizes: Shape, kernel: Sequence[Dim]) -> Shape:
-    n = len(sizes)
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
-    pads = node.attr("pads") or [0] * (2 * n)
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    ceil_mode = bool(node.attr("ceil_mode", 0))
-    return tuple(_window(sizes[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n], auto_pad, ceil_mode)
-                 for i in range(n))
-
-
-# ---------------------------------------------------------------------- shape rules
-# Each takes (node, input shapes, input values, opset) and returns one shape per output.
-def _same(node, ins, vals, opset):
-    return [ins[0]] * len(node.outputs)
-
-
-def _elementwise(node, ins, vals, opset):
-    return [_broadcast([s for s, t in zip(ins, node.inputs) if t])]
-
-
-def _batchnorm(node, ins, vals, opset):
-    x = ins[0]
-    return [x] + [(x[1],)] * (len(node.outputs) - 1)  # training outputs are per channel
-
-
-def _conv(node, ins, vals, opset):
-    x, w = ins[0], ins[1]
-    kernel = node.attr("kernel_shape") or (w[2:] if w is not None else [None] * (len(x) - 2))
-    return [(x[0], None if w is None else w[0], *_spatial(node, x[2:], kernel))]
-
-
-def _conv_transpose(node, ins, vals, opset):
-    x, w = ins[0], ins[1]
-    n = len(x) - 2
-    group = node.attr("group", 1)
-    cout = w[1] * group if w is not None and isinstance(w[1], int) else None
-    if node.attr("output_shape"):
-        return [(x[0], cout, *node.attr("output_shape")[-n:])]
-    kernel = node.attr("kernel_shape") or w[2:]
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
-    out_pad = node.attr("output_padding") or [0] * n
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    pads = [0] * (2 * n) if auto_pad == "VALID" else (node.attr("pads") or [0] * (2 * n))
-    sizes = []
-    for i, size in enumerate(x[2:]):
-        if not isinstance(size, int) or not isinstance(kernel[i], int):
-            sizes.append(None)
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            sizes.append(size * strides[i])
-        else:
-            sizes.append(strides[i] * (size - 1) + out_pad[i] + dilations[i] * (kernel[i] - 1) + 1
-                         - pads[i] - pads[i + n])
-    return [(x[0], cout, *sizes)]
-
-
-def _pool(node, ins, vals, opset):
-    x = ins[0]
-    y = (x[0], x[1], *_spatial(node, x[2:], node.attr("kernel_shape")))
-    return [y] * len(node.outputs)  # MaxPool's Indices has the output's shape
-
-
-def _global_pool(node, ins, vals, opset):
-    x = ins[0]
-    return [(x[0], x[1], *[1] * (len(x) - 2))]
-
-
-def _gemm(node, ins, vals, opset):
-    a, b = ins[0], ins[1]
-    return [(a[1] if node.attr("transA", 0) else a[0], b[0] if node.attr("transB", 0) else b[1])]
-
-
-def _matmul(node, ins, vals, opset):
-    a, b = ins[0], ins[1]
-    a2 = (1, *a) if len(a) == 1 else a
-    b2 = (*b, 1) if len(b) == 1 else b
-    out = (*_broadcast([a2[:-2], b2[:-2]]), a2[-2], b2[-1])
-    if len(b) == 1:
-        out = out[:-1]
-    if len(a) == 1:
-        out = out[:-2] + out[-1:] if len(b) > 1 else out[:-1]
-    return [out]
-
-
-def _reshape(node, ins, vals, opset):
-    if vals[1] is None:  # a data-dependent target (or an overridable initializer): only its length is known
-        return [(None,) * ins[1][0]]
-    x, target = ins[0], list(_dims_of(vals[1]))
-    keep_zero = node.attr("allowzero", 0)
-    out: list[Dim] = [x[i] if d == 0 and not keep_zero else d for i, d in enumerate(target)]
-    if -1 in out:
-        numerator, denominator = list(x), []
-        for d in out:
-            if d == -1:
-                continue
-            if isinstance(d, str) and d in numerator:
-                numerator.remove(d)  # symbols cancel
-            else:
-                denominator.append(d)
-        p, q = _prod(numerator), _prod(denominator)
-        out[out.index(-1)] = p // q if isinstance(p, int) and isinstance(q, int) and q else (p if q == 1 else None)
-    return [tuple(out)]
-
-
-def _flatten(node, ins, vals, opset):
-    x = ins[0]
-    axis = _axis(node.attr("axis", 1), len(x))
-    return [(_prod(x[:axis]), _prod(x[axis:]))]
-
-
-def _concat(node, ins, vals, opset):
-    shapes = [s for s, t in zip(ins, node.inputs) if t]
-    axis = _axis(node.attr("axis"), len(shapes[0]))
-    sizes = [s[axis] for s in shapes]
-    out = list(_merge(*shapes))
-    out[axis] = sum(sizes) if all(isinstance(d, int) for d in sizes) else None
-    return [tuple(out)]
-
-
-def _transpose(node, ins, vals, opset):
-    x = ins[0]
-    perm = node.attr("perm") or list(reversed(range(len(x))))
-    return [tuple(x[p] for p in perm)]
-
-
-def _axes_of(node, vals, opset):
-    """Unsqueeze/Squeeze axes: an attribute before opset 13, an optional input from 13."""
-    if opset < 13:
-        return node.attr("axes")
-    return None if len(node.inputs) < 2 or not node.inputs[1] else [int(a) for a in vals[1]]
-
-
-def _unsqueeze(node, ins, vals, opset):
-    x = ins[0]
-    axes = _axes_of(node, vals, opset)
-    rank = len(x) + len(axes)
-    out = list(x)
-    for axis in sorted(_axis(a, rank) for a in axes):  # axes index the output
-        out.insert(axis, 1)
-    return [tuple(out)]
-
-
-def _squeeze(node, ins, vals, opset):
-    x = ins[0]
-    axes = _axes_of(node, vals, opset)
-    if axes is None:
-        if not _fully_known(x):
-            return [None]  # which dims are 1 is not known
-        return [tuple(d for d in x if d != 1)]
-    dropped = {_axis(a, len(x)) for a in axes}
-    return [tuple(d for i, d in enumerate(x) if i not in dropped)]
-
-
-def _constant_of_shape(node, ins, vals, opset):
-    if vals[0] is not None:
-        return [_dims_of(vals[0])]
-    return [(None,) * ins[0][0]]  # rank known from the shape input's length
-
-
-def _dims_of(value: np.ndarray) -> Shape:
-    """A shape-valued tensor as dims (symbols stay strs, entries nobody knows stay None)."""
-    return tuple(d if d is None or isinstance(d, str) else int(d) for d in value.tolist())
-
-
-def _shape(node, ins, vals, opset):
-    return [(len(_shape_slice(node, ins[0])),)]
-
-
-def _shape_slice(node, x: Shape) -> Shape:
-    return tuple(x)[slice(node.attr("start", 0), node.attr("end"))]
-
-
-def _gather(node, ins, vals, opset):
-    data, indices = ins[0], ins[1]
-    axis = _axis(node.attr("axis", 0), len(data))
-    return [(*data[:axis], *indices, *data[axis + 1:])]
-
-
-def _input_value(node, vals, index: int, opset_from: int, opset: int, attr: str):
-    """An operand that moved from an attribute to an input at ``opset_from`` (Slice, Pad, Split ...)."""
-    if opset < opset_from:
-        return node.attr(attr)
-    if index >= len(node.inputs) or not node.inputs[index]:
-        return None
-    value = vals[index]
-    if value is None:
-        raise ValueError("data-dependent operand")  # unknown, not absent
-    return [int(v) for v in value.reshape(-1).tolist()]  # an unknown (None) or symbolic entry raises
-
-
-def _pad(node, ins, vals, opset):
-    x = ins[0]
-    pads = _input_value(node, vals, 1, 11, opset, "pads")
-    axes = _input_value(node, vals, 3, 18, opset, "axes") if opset >= 18 else None
-    axes = [_axis(a, len(x)) for a in axes] if axes is not None else list(range(len(x)))
-    out = list(x)
-    for i, axis in enumerate(axes):
-        grow = pads[i] + pads[i + len(axes)]
-        out[axis] = x[axis] if grow == 0 else (x[axis] + grow if isinstance(x[axis], int) else None)
-    return [tuple(out)]
-
-
-def _slice_params(node, vals, opset):
-    """(starts, ends, axes, steps) of a Slice: attributes before opset 10, inputs from it (ValueError when data-dependent)."""
-    starts = _input_value(node, vals, 1, 10, opset, "starts")
-    ends = _input_value(node, vals, 2, 10, opset, "ends")
-    axes = _input_value(node, vals, 3, 10, opset, "axes") or list(range(len(starts)))
-    steps = _input_value(node, vals, 4, 10, opset, "steps") or [1] * len(starts)
-    return starts, ends, axes, steps
-
-
-def _slice(node, ins, vals, opset):
-    x = ins[0]
-    starts, ends, axes, steps = _slice_params(node, vals, opset)
-    out = list(x)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = _axis(axis, len(x))
-        if isinstance(x[axis], int):
-            out[axis] = len(range(*slice(start, end, step).indices(x[axis])))
-        elif not (start == 0 and step == 1 and end >= 2 ** 31 - 1):  # only the whole axis keeps its symbol
-            out[axis] = None
-    return [tuple(out)]
-
-
-def _expand(node, ins, vals, opset):
-    return [_broadcast([ins[0], _dims_of(vals[1])])]
-
-
-def _tile(node, ins, vals, opset):
-    return [tuple(d * r if isinstance(d, int) else (d if r == 1 else None)
-                  for d, r in zip(ins[0], _dims_of(vals[1])))]
-
-
-def _split(node, ins, vals, opset):
-    x = ins[0]
-    axis = _axis(node.attr("axis", 0), len(x))
-    sizes = _input_value(node, vals, 1, 13, opset, "split")
-    if sizes is None:
-        count = len(node.outputs)
-        sizes = [-(-x[axis] // count)] * (count - 1)
-        sizes.append(x[axis] - sum(sizes))
-    return [(*x[:axis], size, *x[axis + 1:]) for size in sizes]
-
-
-def _recurrent(node, ins, vals, opset):
-    """LSTM/GRU/RNN: Y, then the last hidden (and LSTM's cell) state."""
-    x = ins[0]
-    hidden = node.attr("hidden_size")
-    directions = 2 if node.attr("direction", "forward") == "bidirectional" else 1
-    if node.attr("layout", 0):
-        seq, batch = x[1], x[0]
-        return [(batch, seq, directions, hidden)] + [(batch, directions, hidden)] * (len(node.outputs) - 1)
-    seq, batch = x[0], x[1]
-    return [(seq, directions, batch, hidden)] + [(directions, batch, hidden)] * (len(node.outputs) - 1)
-
-
-def _reduce(node, ins, vals, opset):
-    """Reduce*/ArgMax/ArgMin: axes an attribute, or an input from opset 18 (ReduceSum: 13)."""
-    x = ins[0]
-    if node.op_type.startswith("Arg"):
-        axes = [node.attr("axis", 0)]
-    else:
-        axes = _input_value(node, vals, 1, 13 if node.op_type == "ReduceSum" else 18, opset, "axes")
-    if not axes:
-        if node.attr("noop_with_empty_axes", 0):
-            return [x]
-        axes = range(len(x))
-    reduced = {_axis(a, len(x)) for a in axes}
-    if node.attr("keepdims", 1):
-        return [tuple(1 if i in reduced else d for i, d in enumerate(x))]
-    return [tuple(d for i, d in enumerate(x) if i not in reduced)]
-
-
-def _range(node, ins, vals, opset):
-    start, limit, delta = (v.item() for v in vals)
-    return [(max(math.ceil((limit - start) / delta), 0),)]
-
-
-def _resize(node, ins, vals, opset):
-    """Output sizes from a known ``sizes`` input, else floor(size * scale) (no ``axes`` subset)."""
-    x = ins[0]
-    if node.attr("axes") is not None:
-        return [None]
-    sizes_index, scales_index = (3, 2) if opset >= 11 else (None, 1)
-    if sizes_index is not None and len(node.inputs) > sizes_index and node.inputs[sizes_index]:
-        if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-            return [None]  # the sizes are only an upper or lower bound
-        return [_dims_of(vals[sizes_index])]
-    scales = vals[scales_index].tolist()
-    return [tuple(d if s == 1 else (math.floor(d * s) if isinstance(d, int) else None) for d, s in zip(x, scales))]
-
-
-_SAME_SHAPE_OPS = (
-    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
-    "Softplus", "Softsign", "Softmax", "LogSoftmax", "Hardmax", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt",
-    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Erf", "Not", "Identity", "Cast", "Dropout", "LRN",
-    "InstanceNormalization", "Mish", "Gelu", "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Sin", "Cos",
-    "MeanVarianceNormalization")
-_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Mod", "Sum", "Max", "Min", "Mean", "Equal", "Less",
-                  "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift")
-
-_SHAPE_RULES: dict[str, _ShapeRule] = {
-    **dict.fromkeys(_SAME_SHAPE_OPS, _same), **dict.fromkeys(_BROADCAST_OPS, _elementwise),
-    "BatchNormalization": _batchnorm, "Conv": _conv, "ConvTranspose": _conv_transpose,
-    "MaxPool": _pool, "AveragePool": _pool, "LpPool": _pool,
-    "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool, "GlobalLpPool": _global_pool,
-    "Gemm": _gemm, "MatMul": _matmul, "Reshape": _reshape, "Flatten": _flatten, "Concat": _concat,
-    "Transpose": _transpose, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze,
-    "ConstantOfShape": _constant_of_shape, "Shape": _shape, "Gather": _gather, "Pad": _pad, "Slice": _slice,
-    "Expand": _expand, "Tile": _tile, "Split": _split, "Range": _range, "Resize": _resize,
-    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"), _reduce),
-    "Size": lambda node, ins, vals, opset: [()], "LSTM": _recurrent, "GRU": _recurrent, "RNN": _recurrent,
-}
-
-# ---------------------------------------------------------------------- value rules
-# Values of small numeric tensors, for the shape computations exporters emit
-# (Shape -> Gather -> Unsqueeze -> Concat -> Reshape). A shape with symbolic dims is an
-# object array holding ints, strs and None (unknown). Shape reads its input's shape; the others run only
-# when every input value is known.
-def _shape_value(node, ins, vals, opset):
-    dims = _shape_slice(node, ins[0])
-    if _fully_known(dims):
-        return np.array(dims, dtype=np.int64)
-    return np.array(dims, dtype=object)  # symbols and unknown (None) entries ride along
-
-
-def _cast_value(node, ins, vals, opset):
-    dtype = elem_type_to_dtype(node.attr("to"))
-    if vals[0].dtype == object:  # a shape with symbols stays one through an integer cast
-        return vals[0] if dtype is not None and dtype.kind in "iu" else None
-    return vals[0].astype(dtype)
-
-
-def _numeric(vals) -> list:
-    """Operands of arithmetic: plain numbers only (a str symbol times an int would repeat the str)."""
-    if any(v.dtype == object for v in vals):
-        raise TypeError("symbolic operand")
-    return vals
-
-
-def _div_value(node, ins, vals, opset):
-    a, b = _numeric(vals)
-    if a.dtype.kind not in "iu":
-        return None
-    if not np.all(b):
-        raise ZeroDivisionError
-    return np.trunc(a / b).astype(a.dtype)  # integer Div truncates, as onnxruntime's does
-
-
-def _constant_of_shape_value(node, ins, vals, opset):
-    dims = [int(d) for d in vals[0].tolist()]
-    fill = node.attr("value")
-    if math.prod(dims) > _MAX_VALUE_ELEMS:
-        return None
-    return np.full(dims, 0.0 if fill is None else fill.reshape(-1)[0], np.float32 if fill is None else fill.dtype)
-
-
-def _reshape_value(node, ins, vals, opset):
-    data, target = vals
-    keep_zero = node.attr("allowzero", 0)
-    return np.reshape(data, [data.shape[i] if d == 0 and not keep_zero else int(d) for i, d in enumerate(target.tolist())])
-
-
-def _slice_value(node, ins, vals, opset):
-    data = vals[0]
-    starts, ends, axes, steps = _slice_params(node, vals, opset)
-    index = [slice(None)] * data.ndim
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        index[_axis(axis, data.ndim)] = slice(start, end, step)
-    return data[tuple(index)]
-
-
-def _range_value(node, ins, vals, opset):
-    start, limit, delta = (v.item() for v in _numeric(vals))
-    if max(math.ceil((limit - start) / delta), 0) > _MAX_VALUE_ELEMS:
-        return None
-    return np.arange(start, limit, delta, dtype=vals[0].dtype)
-
-
-def _expand_value(node, ins, vals, opset):
-    shape = np.broadcast_shapes(vals[0].shape, tuple(int(d) for d in _numeric(vals)[1].tolist()))
-    return np.broadcast_to(vals[0], shape).copy() if math.prod(shape) <= _MAX_VALUE_ELEMS else None
-
-
-def _binary(op) -> _ValueRule:
-    return lambda node, ins, vals, opset: op(*_numeric(vals))
-
-
-def _squeeze_value(node, ins, vals, opset):
-    axes = _axes_of(node, vals, opset)
-    return np.squeeze(vals[0], None if axes is None else tuple(axes))
-
-
-_VALUE_RULES: dict[str, _ValueRule] = {
-    "Shape": _shape_value,
-    "Gather": lambda node, ins, vals, opset: np.asarray(np.take(vals[0], vals[1], axis=node.attr("axis", 0)),
-                                                        dtype=vals[0].dtype),
-    "Unsqueeze": lambda node, ins, vals, opset: np.expand_dims(vals[0], tuple(_axes_of(node, vals, opset))),
-    "Squeeze": _squeeze_value,
-    "Concat": lambda node, ins, vals, opset: np.concatenate(vals, axis=node.attr("axis")),
-    "Cast": _cast_value,
-    "Identity": lambda node, ins, vals, opset: vals[0],
-    "ConstantOfShape": _constant_of_shape_value,
-    "Reshape": _reshape_value,
-    "Slice": _slice_value,
-    "Transpose": lambda node, ins, vals, opset: np.transpose(vals[0], node.attr("perm")),
-    "Range": _range_value,
-    "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _div_value,
-    "Max": _binary(np.maximum), "Min": _binary(np.minimum), "Neg": lambda node, ins, vals, opset: -_numeric(vals)[0],
-    "Equal": _binary(np.equal), "Where": lambda node, ins, vals, opset: np.where(*vals),
-    "Expand": _expand_value,
-}

@@ -1,6 +1,12 @@
 """Errors a user can cause. The CLI prints their message as one sentence, with no traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a third-party exception's message, to quote inside one of ours."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class NinoptError(Exception):
     """Bad input or a request ninopt cannot honour (CLI exit code 2)."""
 

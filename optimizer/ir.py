@@ -8,7 +8,8 @@ initializers have no producing op, so their uses live only in the use index. Ten
 Passes talk to this facade only; this is the only module that imports networkx. Everything
 the IR does not model (opset imports, metadata, functions, doc strings, value_info, the
 original protobuf of untouched nodes and initializers) is carried in ``Graph.source`` by
-``optimizer.onnx_io`` so a round trip is lossless.
+``optimizer.onnx_io`` so a round trip is lossless. What tensors and attributes hold
+(constants, element types, ``Subgraph`` bodies) lives one layer below, in ``optimizer.values``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import networkx as nx
 import numpy as np
 
-#: A dimension is an int, a symbolic name, or None when unknown.
-Dim = int | str | None
+from optimizer.values import (Constant, Dim, Subgraph, Tensor, constant_attr_value, dtype_to_elem_type,
+                              subgraphs_in)
 
 #: Input index recorded for a tensor that a node reads implicitly, from inside a subgraph
 #: attribute (If/Loop/Scan bodies referring to outer-scope names).
@@ -49,98 +50,12 @@ def paused_gc():
             gc.enable()
 
 
-class Constant:
-    """A constant tensor value that may stay unread until a pass needs it.
-
-    ``proto`` is the original TensorProto (reused verbatim on export while the value is
-    untouched); ``loader`` produces the array on first access, so models with external
-    data are not read into memory up front.
-    """
-
-    __slots__ = ("_array", "_loader", "proto", "nbytes", "dtype", "shape")
-
-    def __init__(self, array: np.ndarray | None = None, *, loader: Callable[[], np.ndarray] | None = None,
-                 proto: Any = None, dtype: np.dtype | None = None, shape: tuple[int, ...] | None = None):
-        if array is None and loader is None:
-            raise ValueError("a Constant needs an array or a loader")
-        self._array = None if array is None else np.asarray(array)
-        self._loader = loader
-        self.proto = proto
-        if self._array is not None:
-            dtype, shape = self._array.dtype, self._array.shape
-        self.dtype = np.dtype(dtype) if dtype is not None else None
-        self.shape = tuple(shape) if shape is not None else None
-        itemsize = self.dtype.itemsize if self.dtype is not None else 0
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * itemsize if self.shape is not None else 0
-
-    @property
-    def loaded(self) -> bool:
-        return self._array is not None
-
-    @property
-    def value(self) -> np.ndarray:
-        if self._array is None:
-            self._array = self._loader()
-        return self._array
-
-
-@dataclass
-class Tensor:
-    """One row of the tensor table."""
-
-    name: str
-    elem_type: int = 0  # onnx TensorProto.DataType; 0 when unknown
-    shape: tuple[Dim, ...] | None = None
-    const: Constant | None = None
-
-    @property
-    def dtype(self) -> np.dtype | None:
-        return elem_type_to_dtype(self.elem_type)
-
-
-def elem_type_to_dtype(elem_type: int) -> np.dtype | None:
-    """numpy dtype of an ONNX element type, or None for types numpy cannot hold."""
-    if not elem_type:
-        return None
-    from onnx import helper  # dtype table only; model I/O stays in onnx_io
-
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def dtype_to_elem_type(dtype: np.dtype) -> int:
-    from onnx import helper
-
-    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-
-
-_CONSTANT_ATTR_DTYPES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-                         "value_ints": np.int64}
-
-
-def _constant_attr_value(attrs: dict[str, Any]) -> np.ndarray | None:
-    """A Constant op's value from whichever attribute form it uses (string forms and large sparse ones: None)."""
-    value = attrs.get("value")
-    if isinstance(value, np.ndarray):
-        return value
-    for key, dtype in _CONSTANT_ATTR_DTYPES.items():
-        if key in attrs:
-            return np.asarray(attrs[key], dtype=dtype)
-    if "sparse_value" in attrs:
-        from optimizer.onnx_io import densify_sparse  # the attribute stays protobuf: the boundary reads it
-
-        return densify_sparse(attrs["sparse_value"])
-    return None
-
-
 @dataclass(eq=False)
 class Node:
     """One op. ``inputs`` uses "" for an omitted optional input.
 
-    ``attrs`` holds Python values (int, float, str, lists, numpy arrays for tensors, onnx
-    GraphProto for subgraphs). Change attributes through ``Graph.set_attr`` so the export
+    ``attrs`` holds Python values (int, float, str, lists, numpy arrays for tensors,
+    ``Subgraph`` for bodies). Change attributes through ``Graph.set_attr`` so the export
     knows which ones to rewrite; everything else of an untouched node is written back
     verbatim from ``proto``.
     """
@@ -159,6 +74,10 @@ class Node:
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
+
+    def subgraphs(self) -> list[Subgraph]:
+        """The bodies its attributes hold (If branches, Loop/Scan bodies)."""
+        return [body for value in self.attrs.values() for body in subgraphs_in(value)]
 
     def __repr__(self) -> str:
         label = self.name or (self.outputs[0] if self.outputs else f"#{self.id}")
@@ -252,7 +171,7 @@ class Graph:
             return info.const.value
         node = self.producer(tensor)
         if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            return _constant_attr_value(node.attrs)
+            return constant_attr_value(node.attrs)
         return None
 
     def initializer_value(self, name: str) -> np.ndarray:
@@ -267,7 +186,7 @@ class Graph:
         if self._fixed_initializer(tensor):
             return True
         node = self.producer(tensor)
-        return node is not None and node.op_type == "Constant" and _constant_attr_value(node.attrs) is not None
+        return node is not None and node.op_type == "Constant" and constant_attr_value(node.attrs) is not None
 
     def all_constant(self, *tensors: str) -> bool:
         """True when every named tensor is constant; "" (an omitted input) counts as constant."""
@@ -338,10 +257,8 @@ class Graph:
     def _subgraph_names(self) -> frozenset[str]:
         """Every value and node name inside If/Loop/Scan bodies (read once: passes never add subgraphs)."""
         if self._subgraph_name_cache is None:
-            from optimizer.onnx_io import subgraph_names  # subgraphs stay protobuf
-
             self._subgraph_name_cache = frozenset(
-                name for node in self._nodes.values() for value in node.attrs.values() for name in subgraph_names(value))
+                name for node in self._nodes.values() for body in node.subgraphs() for name in body.defined_names())
         return self._subgraph_name_cache
 
     # ------------------------------------------------------------------ mutation
@@ -434,7 +351,7 @@ class Graph:
         """Make every reader of ``old`` read ``new``; graph outputs keep their names.
 
         A graph output named ``old`` is not renamed (that would change the model's
-        interface); use ``bypass`` to remove a node whose output is a graph output.
+        interface); ``optimizer.rewrite.Replacement.bypass`` removes a node whose output is one.
         """
         if old == new:
             return
@@ -466,37 +383,6 @@ class Graph:
         self.replace_all_uses(old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
         self.version += 1
-
-    def bypass_blocker(self, node: Node, input_index: int = 0, output_index: int = 0) -> str | None:
-        """Why ``bypass`` cannot remove this node, or None when it can."""
-        src, dst = node.inputs[input_index], node.outputs[output_index]
-        if not self.is_graph_output(dst):
-            return None
-        if self.is_graph_output(src) or src in self.inputs or src in self.initializers:
-            return "its output is a graph output and its input is a graph input, output or initializer"
-        if self.producer(src) is None:
-            return "its output is a graph output and its input has no producer to rename"
-        if len(self._uses.get(src, ())) > 1:
-            return "its output is a graph output and its input has other readers"
-        return None
-
-    def bypass(self, node: Node, input_index: int = 0, output_index: int = 0) -> None:
-        """Remove a pass-through node, wiring its readers to ``inputs[input_index]``.
-
-        When the node's output is a graph output, the input tensor takes the output's name
-        so the model's interface is unchanged (``bypass_blocker`` says when that is impossible).
-        """
-        blocker = self.bypass_blocker(node, input_index, output_index)
-        if blocker:
-            raise ValueError(f"cannot bypass {node!r}: {blocker}")
-        src, dst = node.inputs[input_index], node.outputs[output_index]
-        if self.is_graph_output(dst):
-            self.replace_all_uses(dst, src)  # readers of the output too; the rename gives them its name back
-            self.remove_node(node)
-            self.rename_tensor(src, dst)
-        else:
-            self.replace_all_uses(dst, src)
-            self.remove_node(node)
 
     def add_initializer(self, array: np.ndarray, name: str | None = None) -> str:
         """Add a constant as an initializer and return its (fresh unless given) name."""
@@ -609,10 +495,14 @@ class Graph:
             self._g.remove_edge(pid, nid, key=(tensor, idx))
 
     def _rename_implicit(self, node: Node, old: str, new: str) -> None:
-        from optimizer.onnx_io import rename_outer_reference  # subgraphs stay protobuf
-
         for key, value in list(node.attrs.items()):
-            renamed = rename_outer_reference(value, old, new)
+            if isinstance(value, Subgraph):
+                renamed = value.with_outer_renamed(old, new)
+            elif subgraphs_in(value):
+                renamed = [v.with_outer_renamed(old, new) if isinstance(v, Subgraph) else v for v in value]
+                renamed = value if all(r is v for r, v in zip(renamed, value)) else renamed
+            else:
+                continue
             if renamed is not value:
                 self.set_attr(node, key, renamed)
         self._unlink(old, node.id, IMPLICIT_USE)

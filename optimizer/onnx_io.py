@@ -1,6 +1,9 @@
-"""ONNX <-> Graph, external data and atomic saves.
+"""ONNX <-> Graph: loading, exporting and saving models.
 
-The only module that reads or writes ONNX models. Why not onnx-graphsurgeon at this
+The boundary between protobuf and the IR (with ``model_files`` for the files themselves
+and ``onnx_checks`` for onnx's inference and checker). Subgraph attributes become
+``OnnxSubgraph`` values here, the IR's ``Subgraph`` backed by the GraphProto; small sparse
+Constant attributes become lazily densified ``Constant`` values. Why not onnx-graphsurgeon at this
 boundary: ``gs.export_onnx(gs.import_onnx(m))`` drops initializer graph inputs of IR v3
 models (every light-zoo model) and rewrites protobufs it did not need to touch. Instead
 the original protobuf of every node and initializer is kept and written back verbatim
@@ -10,10 +13,8 @@ unless a pass changed it, and everything the IR does not model travels in a mode
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import Counter
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,14 +25,15 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 from google.protobuf.message import DecodeError
 
-from optimizer.errors import NinoptError
-from optimizer.ir import Constant, Graph, Tensor, elem_type_to_dtype, paused_gc
+from optimizer.errors import NinoptError, first_line
+from optimizer.ir import Graph, paused_gc
+from optimizer.model_files import atomic_writer, check_destination, lazy_constant, write_external
+from optimizer.values import Constant, Subgraph, Tensor, elem_type_to_dtype, subgraphs_in
 
 #: Protobuf cannot serialize messages of 2 GiB or more; above this, weights go to external data.
 PROTO_LIMIT = 2**31 - 1
 #: Initializers at least this large go to the external data file when one is written.
 EXTERNAL_MIN_BYTES = 1024
-_COPY_CHUNK = 16 << 20
 
 _GRAPH_LISTS = ("node", "initializer", "input", "output", "value_info")
 
@@ -67,15 +69,10 @@ def load(model: str | os.PathLike | onnx.ModelProto | Graph) -> Graph:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, TypeError, OSError) as exc:
-        raise NinoptError(f"{path} is not a readable ONNX model ({_first_line(exc)}).") from None
+        raise NinoptError(f"{path} is not a readable ONNX model ({first_line(exc)}).") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise NinoptError(f"{path} holds no ONNX graph (is it an ONNX model?).")
     return _from_model(proto, base_dir=path.resolve().parent, label=str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _from_model(model: onnx.ModelProto, base_dir: Path | None, label: str = "the model") -> Graph:
@@ -129,11 +126,14 @@ def _fill_graph(graph: Graph, gp: onnx.GraphProto, source: Source) -> None:
         info = graph.tensor(tp.name)
         info.elem_type = tp.data_type
         info.shape = tuple(tp.dims)
-        info.const = _lazy_constant(tp, source)
+        info.const = lazy_constant(tp, source)
         graph.initializers[tp.name] = None
     for np_ in gp.node:
-        graph.add_node(np_.op_type, np_.input, np_.output, _attrs(np_), name=np_.name, domain=np_.domain,
-                       proto=np_, implicit_inputs=_implicit_inputs(np_))
+        attrs = _attrs(np_)
+        implicit = dict.fromkeys(name for value in attrs.values() for body in subgraphs_in(value)
+                                 for name in body.outer_references())
+        graph.add_node(np_.op_type, np_.input, np_.output, attrs, name=np_.name, domain=np_.domain,
+                       proto=np_, implicit_inputs=implicit)
     # ONNX does not require unique node names (onnxruntime runs such models); keep the exporter's repeats
     graph.inherited_duplicate_names = frozenset(
         name for name, count in Counter(n.name for n in gp.node).items() if name and count > 1)
@@ -145,10 +145,10 @@ def _note_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
         tt = vi.type.tensor_type
         info.elem_type = info.elem_type or tt.elem_type
         if tt.HasField("shape") and info.shape is None:
-            info.shape = tuple(_dim(d) for d in tt.shape.dim)
+            info.shape = tuple(onnx_dim(d) for d in tt.shape.dim)
 
 
-def _dim(d) -> int | str | None:
+def onnx_dim(d) -> int | str | None:
     """One declared dim: a size, a symbol, or None when dynamic.
 
     paddle2onnx writes -1 for a dynamic dim, and names several different dynamic dims ``?``
@@ -175,6 +175,12 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
             value = [v.decode("utf-8", "surrogateescape") for v in value]
         elif isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
             value = [numpy_helper.to_array(v) for v in value]
+        elif isinstance(value, onnx.GraphProto):
+            value = OnnxSubgraph(value)
+        elif isinstance(value, list) and value and isinstance(value[0], onnx.GraphProto):
+            value = [OnnxSubgraph(v) for v in value]
+        elif isinstance(value, onnx.SparseTensorProto):
+            value = _sparse_constant(value)
         out[a.name] = value
     return out
 
@@ -183,14 +189,21 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 MAX_DENSIFIED_ELEMENTS = 1 << 20
 
 
-def densify_sparse(sparse: onnx.SparseTensorProto) -> np.ndarray | None:
-    """A SparseTensorProto as a dense array (linear [NNZ] or coordinate [NNZ, rank] indices), if small enough."""
+def _sparse_constant(sparse: onnx.SparseTensorProto) -> Constant | onnx.SparseTensorProto:
+    """A sparse attribute as a Constant that densifies on first read (written back as the sparse proto);
+    past MAX_DENSIFIED_ELEMENTS it stays the protobuf, a value the IR does not read."""
     dims = tuple(sparse.dims)
     if int(np.prod(dims, dtype=np.int64)) > MAX_DENSIFIED_ELEMENTS:
-        return None
+        return sparse
+    return Constant(loader=lambda: _densify(sparse), proto=sparse, dtype=elem_type_to_dtype(sparse.values.data_type),
+                    shape=dims)
+
+
+def _densify(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """A SparseTensorProto as a dense array (linear [NNZ] or coordinate [NNZ, rank] indices)."""
     values = numpy_helper.to_array(sparse.values)
     indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-    dense = np.zeros(dims, dtype=values.dtype)
+    dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
     if indices.ndim == 2:
         dense[tuple(indices.T)] = values
     else:
@@ -206,7 +219,42 @@ def _subgraphs(node: onnx.NodeProto):
             yield from a.graphs
 
 
-def outer_references(gp: onnx.GraphProto) -> list[str]:
+class OnnxSubgraph(Subgraph):
+    """A body as loaded: the GraphProto, written back verbatim unless an outer name it reads is renamed."""
+
+    __slots__ = ("proto", "_outer")
+
+    def __init__(self, proto: onnx.GraphProto):
+        self.proto = proto
+        self._outer: list[str] | None = None
+
+    def defined_names(self) -> Iterable[str]:
+        return _defined_names(self.proto)
+
+    def outer_references(self) -> list[str]:
+        if self._outer is None:
+            self._outer = _outer_references(self.proto)
+        return list(self._outer)
+
+    def with_outer_renamed(self, old: str, new: str) -> OnnxSubgraph:
+        if old not in self.outer_references():
+            return self
+        copy = onnx.GraphProto()
+        copy.CopyFrom(self.proto)
+        _rename_in(copy, old, new)
+        return OnnxSubgraph(copy)
+
+    def as_graph(self, parent: Graph) -> Graph:
+        graph = Graph(parent.opsets)
+        graph.ir_version = parent.ir_version
+        source = Source(shell=onnx.ModelProto(), base_dir=getattr(parent.source, "base_dir", None),
+                        keepalive=self.proto)
+        graph.source = source
+        _fill_graph(graph, self.proto, source)
+        return graph
+
+
+def _outer_references(gp: onnx.GraphProto) -> list[str]:
     """Names a subgraph reads from enclosing scopes (not defined inside it), in first-use order."""
     defined = {vi.name for vi in gp.input} | {t.name for t in gp.initializer} | {t.name for t in gp.sparse_initializer}
     found: dict[str, None] = {}
@@ -215,7 +263,7 @@ def outer_references(gp: onnx.GraphProto) -> list[str]:
             if name and name not in defined:
                 found[name] = None
         for sub in _subgraphs(node):
-            for name in outer_references(sub):
+            for name in _outer_references(sub):
                 if name not in defined:
                     found[name] = None
         defined.update(o for o in node.output if o)
@@ -223,27 +271,6 @@ def outer_references(gp: onnx.GraphProto) -> list[str]:
         if vi.name not in defined:
             found[vi.name] = None
     return list(found)
-
-
-def _implicit_inputs(node: onnx.NodeProto) -> list[str]:
-    found: dict[str, None] = {}
-    for sub in _subgraphs(node):
-        for name in outer_references(sub):
-            found[name] = None
-    return list(found)
-
-
-def rename_outer_reference(value: Any, old: str, new: str) -> Any:
-    """A copy of a subgraph attribute reading ``new`` where it read outer-scope ``old``; other values unchanged."""
-    if isinstance(value, onnx.GraphProto) and old in outer_references(value):
-        copy = onnx.GraphProto()
-        copy.CopyFrom(value)
-        _rename_in(copy, old, new)
-        return copy
-    if isinstance(value, list) and any(isinstance(v, onnx.GraphProto) for v in value):
-        renamed = [rename_outer_reference(v, old, new) for v in value]
-        return renamed if any(r is not v for r, v in zip(renamed, value)) else value
-    return value
 
 
 def _rename_in(gp: onnx.GraphProto, old: str, new: str) -> None:
@@ -262,28 +289,14 @@ def _rename_in(gp: onnx.GraphProto, old: str, new: str) -> None:
             vi.name = new
 
 
-def subgraph_names(value: Any) -> Iterable[str]:
-    """Every value and node name defined inside a subgraph attribute (nested bodies included)."""
-    bodies = [value] if isinstance(value, onnx.GraphProto) else [v for v in value if isinstance(v, onnx.GraphProto)] \
-        if isinstance(value, list) else []
-    for gp in bodies:
-        yield from (vi.name for vi in gp.input)
-        yield from (t.name for t in gp.initializer)
-        for node in gp.node:
-            yield node.name
-            yield from node.output
-            for sub in _subgraphs(node):
-                yield from subgraph_names(sub)
-
-
-def subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
-    """A subgraph (If/Loop/Scan body) as a Graph with the parent's opsets; outer names stay unproduced reads."""
-    graph = Graph(parent.opsets)
-    graph.ir_version = parent.ir_version
-    source = Source(shell=onnx.ModelProto(), base_dir=getattr(parent.source, "base_dir", None), keepalive=gp)
-    graph.source = source
-    _fill_graph(graph, gp, source)
-    return graph
+def _defined_names(gp: onnx.GraphProto) -> Iterable[str]:
+    yield from (vi.name for vi in gp.input)
+    yield from (t.name for t in gp.initializer)
+    for node in gp.node:
+        yield node.name
+        yield from node.output
+        for sub in _subgraphs(node):
+            yield from _defined_names(sub)
 
 
 def inline_functions(graph: Graph) -> Graph:
@@ -294,71 +307,6 @@ def inline_functions(graph: Graph) -> Graph:
         return graph
     inlined = onnx.inliner.inline_local_functions(to_model_proto(graph))
     return _from_model(inlined, base_dir=source.base_dir)
-
-
-# ---------------------------------------------------------------------- external data
-def _external_fields(tp: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tp.external_data}
-
-
-def _lazy_constant(tp: onnx.TensorProto, source: Source) -> Constant:
-    dtype = elem_type_to_dtype(tp.data_type)
-    shape = tuple(tp.dims)
-    if tp.data_location != onnx.TensorProto.EXTERNAL:
-        return Constant(loader=lambda: _embedded_array(tp, dtype, shape), proto=tp, dtype=dtype, shape=shape)
-    path, offset, length = _external_location(tp, source)
-    source.external = True
-    source.external_files.add(path)
-
-    def read() -> np.ndarray:
-        if dtype is not None and dtype.kind in "biufc" and length == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            return np.fromfile(path, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
-        copy = onnx.TensorProto()
-        copy.CopyFrom(tp)
-        del copy.external_data[:]
-        copy.data_location = onnx.TensorProto.DEFAULT
-        with open(path, "rb") as f:
-            f.seek(offset)
-            copy.raw_data = f.read(length)
-        return numpy_helper.to_array(copy)
-
-    return Constant(loader=read, proto=tp, dtype=dtype, shape=shape)
-
-
-def _embedded_array(tp: onnx.TensorProto, dtype: np.dtype | None, shape: tuple[int, ...]) -> np.ndarray:
-    """An initializer's value; a raw_data length that contradicts its shape is bad input, not a crash."""
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if dtype is not None else None
-    if tp.HasField("raw_data") and expected is not None and dtype.kind in "biufc" and len(tp.raw_data) != expected:
-        raise NinoptError(f"initializer {tp.name!r} holds {len(tp.raw_data)} bytes but its shape {shape} and type "
-                          f"need {expected}.")
-    try:
-        return numpy_helper.to_array(tp)
-    except ValueError as exc:
-        raise NinoptError(f"initializer {tp.name!r} cannot be read: {_first_line(exc)}.") from None
-
-
-def _external_location(tp: onnx.TensorProto, source: Source) -> tuple[Path, int, int]:
-    """Resolve and check an external data reference: it must stay inside the model's folder."""
-    fields = _external_fields(tp)
-    location = fields.get("location", "")
-    if source.base_dir is None:
-        raise NinoptError(f"initializer {tp.name!r} has external data but the model was not loaded from a file.")
-    if not location or os.path.isabs(location):
-        raise NinoptError(f"initializer {tp.name!r} points to external data at {location!r}, outside the model's folder.")
-    base = source.base_dir.resolve()
-    path = (base / location).resolve()
-    if base not in path.parents:
-        raise NinoptError(f"initializer {tp.name!r} points to external data at {location!r}, outside the model's folder.")
-    if not path.is_file():
-        raise NinoptError(f"external data file {location!r} of initializer {tp.name!r} is missing.")
-    offset = int(fields.get("offset", 0) or 0)
-    dtype = elem_type_to_dtype(tp.data_type)
-    default_length = int(np.prod(tuple(tp.dims), dtype=np.int64)) * (dtype.itemsize if dtype is not None else 0)
-    # without a recorded length the tensor is as long as its shape says (the rest of the file if unknown)
-    length = int(fields.get("length", 0) or 0) or default_length or path.stat().st_size - offset
-    if offset < 0 or offset + length > path.stat().st_size:
-        raise NinoptError(f"external data file {location!r} is shorter than initializer {tp.name!r} needs.")
-    return path, offset, length
 
 
 # ---------------------------------------------------------------------- exporting
@@ -400,76 +348,6 @@ def to_model_proto(graph: Graph, *, external: dict[str, tuple[str, int, int]] | 
     return model
 
 
-#: Initializers larger than this are left out of the model that shape inference reads.
-_INFERENCE_KEEP_BYTES = 4096
-
-
-def inferred_shapes(graph: Graph, pins: dict[str, tuple] | None = None) -> tuple[dict[str, tuple | None], dict[str, int]]:
-    """Shapes and element types from onnx shape inference; empty when it fails.
-
-    Runs on a copy without large weights (they become typed inputs). With pinned input
-    shapes, the model's own value_info and output shapes are dropped, since they may
-    contradict the pins.
-    """
-    model = to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES)
-    gp = model.graph
-    if pins:
-        del gp.value_info[:]
-        for vi in gp.output:
-            vi.type.tensor_type.ClearField("shape")
-        for vi in gp.input:
-            if vi.name in pins:
-                vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, pins[vi.name]))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
-        return {}, {}
-    shapes: dict[str, tuple | None] = {}
-    types: dict[str, int] = {}
-    for vi in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
-        if vi.type.HasField("tensor_type"):
-            tt = vi.type.tensor_type
-            types[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
-    return shapes, types
-
-
-def shape_inference_accepts(graph: Graph, pins: dict[str, tuple]) -> bool:
-    """Whether strict onnx shape inference (with data propagation) accepts the graph with these input shapes.
-
-    The model's own value_info and output shapes stay: a dim they pin that the shapes
-    contradict is a rejection, which is how those hints take part. Call it with no pins
-    first: a model it rejects anyway tells nothing about shapes.
-    """
-    model = to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES)
-    for vi in model.graph.input:
-        if vi.name in pins:
-            vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, pins[vi.name]))
-    for vi in [*model.graph.output, *model.graph.value_info]:  # a declared -1 means unknown, not a size to contradict
-        for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value < 0:
-                d.ClearField("dim_value")
-    try:
-        onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
-        return False
-    return True
-
-
-def schema_problem(graph: Graph) -> str | None:
-    """What onnx's checker rejects in the graph (op schemas, attributes, input counts), or None.
-
-    The executor is lenient where ONNX is not (e.g. Gemm without C before opset 11), so a
-    rewritten model must pass this too; large weights are left out, as values don't matter.
-    """
-    try:
-        onnx.checker.check_model(to_model_proto(graph, max_weight_bytes=_INFERENCE_KEEP_BYTES))
-    except onnx.checker.ValidationError as exc:
-        return _first_line(exc)
-    return None
-
-
 def _default_shell(graph: Graph) -> onnx.ModelProto:
     shell = onnx.ModelProto()
     shell.producer_name = "ninopt"
@@ -507,6 +385,12 @@ def _node_proto(node) -> onnx.NodeProto:
 def _make_attribute(key: str, value: Any) -> onnx.AttributeProto:
     if isinstance(value, onnx.AttributeProto):
         return value
+    if isinstance(value, OnnxSubgraph):
+        return helper.make_attribute(key, value.proto)
+    if isinstance(value, list) and value and isinstance(value[0], OnnxSubgraph):
+        return helper.make_attribute(key, [v.proto for v in value])
+    if isinstance(value, Constant) and isinstance(value.proto, onnx.SparseTensorProto):
+        return helper.make_attribute(key, value.proto)
     if isinstance(value, np.ndarray):
         return helper.make_attribute(key, numpy_helper.from_array(value))
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], np.ndarray):
@@ -551,42 +435,6 @@ def _value_info(graph: Graph, name: str, known: dict[str, onnx.ValueInfoProto]) 
 
 
 # ---------------------------------------------------------------------- saving
-def _check_destination(path: Path) -> Path:
-    folder = path.resolve().parent
-    if path.is_dir():
-        raise NinoptError(f"output path {path} is a directory.")
-    if not folder.is_dir():
-        raise NinoptError(f"output folder {folder} does not exist.")
-    if not os.access(folder, os.W_OK):
-        raise NinoptError(f"output folder {folder} is not writable.")
-    return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb", **open_args):
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
-    folder = _check_destination(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **open_args) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise NinoptError(f"could not write {path}: {exc.strerror or exc}.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 
 def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = None,
          proto_limit: int = PROTO_LIMIT, external_min_bytes: int = EXTERNAL_MIN_BYTES) -> Path:
@@ -597,7 +445,7 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
     Never writes over a file the graph still reads weights from.
     """
     path = Path(path)
-    _check_destination(path)
+    check_destination(path)
     source: Source | None = graph.source
     if external_data is None:
         external_data = bool(source and source.external) or _estimated_size(graph) >= proto_limit
@@ -609,7 +457,7 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
     try:
         external = None
         if external_data:
-            external, tmp_data = _write_external(graph, data_path, external_min_bytes)
+            external, tmp_data = write_external(graph, data_path, external_min_bytes)
         model = to_model_proto(graph, external=external)
         if model.ByteSize() >= PROTO_LIMIT:
             raise NinoptError("the model is over 2 GiB even with its weights outside; it cannot be saved as ONNX.")
@@ -628,48 +476,3 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
 
 def _estimated_size(graph: Graph) -> int:
     return sum(graph.tensors[n].const.nbytes for n in graph.initializers if graph.tensors[n].const is not None)
-
-
-def _write_external(graph: Graph, data_path: Path, min_bytes: int) -> tuple[dict[str, tuple[str, int, int]], Path]:
-    """Stream large initializers into a temporary data file; returns their locations and the file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
-    locations: dict[str, tuple[str, int, int]] = {}
-    offset = 0
-    with os.fdopen(fd, "wb") as out:
-        for name in graph.initializers:
-            info = graph.tensors[name]
-            if info.const is None or info.const.nbytes < min_bytes:
-                continue
-            length, write = _external_bytes_for(graph, info)
-            pad = (-offset) % 64  # keep every tensor 64-byte aligned for memory mapping
-            out.write(b"\0" * pad)
-            offset += pad
-            write(out)
-            locations[name] = (data_path.name, offset, length)
-            offset += length
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    return locations, Path(tmp)
-
-
-def _external_bytes_for(graph: Graph, info: Tensor):
-    const = info.const
-    original = const.proto
-    if not const.loaded and original is not None and original.data_location == onnx.TensorProto.EXTERNAL:
-        path, offset, length = _external_location(original, graph.source)
-
-        def copy(out):
-            with open(path, "rb") as f:
-                f.seek(offset)
-                remaining = length
-                while remaining:
-                    chunk = f.read(min(_COPY_CHUNK, remaining))
-                    if not chunk:  # the file shrank since it was checked at load
-                        raise NinoptError(f"external data of initializer {info.name!r} ended early in {path}.")
-                    out.write(chunk)
-                    remaining -= len(chunk)
-        return length, copy
-    proto = numpy_helper.from_array(np.ascontiguousarray(const.value))
-    raw = proto.raw_data
-    return len(raw), lambda out: out.write(raw)

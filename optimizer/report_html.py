@@ -13,7 +13,7 @@ import io
 import os
 
 from optimizer.errors import NinoptError
-from optimizer.onnx_io import atomic_writer
+from optimizer.model_files import atomic_writer
 from optimizer.zoo_runner import ZooReport, format_error, short_number
 
 _STYLE = """

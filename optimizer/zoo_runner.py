@@ -152,13 +152,13 @@ class ZooReport:
         return {"models": self.models, "summary": self.summary, **({"meta": self.meta} if self.meta else {})}
 
     def to_json(self, path: str | os.PathLike) -> None:
-        from optimizer.onnx_io import atomic_writer
+        from optimizer.model_files import atomic_writer
 
         with atomic_writer(path, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2)
 
     def to_csv(self, path: str | os.PathLike) -> None:
-        from optimizer.onnx_io import atomic_writer
+        from optimizer.model_files import atomic_writer
 
         with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -224,16 +224,26 @@ def short_number(n: int) -> str:
 
 
 # ---------------------------------------------------------------------- running
+def zoo(models: Iterable[str | os.PathLike] = (), **options) -> ZooReport:
+    """Optimize and verify many models in parallel (``ninopt zoo``): the library entry, ``optimizer.zoo``.
+
+    Options are those of ``run_zoo`` (``builtin="light"``, ``jobs``, ``passes`` or ``pipeline``,
+    ``bottleneck_max_error``, ``tolerance``, ``progress``, ``dask_address``). It lives here,
+    above ``optimizer.api`` whose ``optimize`` and ``verify`` each row runs, not in it.
+    """
+    return run_zoo(list(models), **options)
+
+
 def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int = 1, passes=None,
-            bottleneck_max_error: float | None = None, tolerance: float = api.EXACT_TOLERANCE, progress: bool = True,
+            pipeline: str | None = None, bottleneck_max_error: float | None = None, tolerance: float = api.EXACT_TOLERANCE, progress: bool = True,
             dask_address: str | None = None) -> ZooReport:
     """Optimize and verify every model, ``jobs`` worker processes at a time (or on the dask scheduler at
     ``dask_address``). Raises NinoptError for bad arguments only; per-model trouble lands in the rows.
     """
     if jobs < 1:
         raise NinoptError(f"--jobs must be at least 1, got {jobs}.")
-    if passes is not None:
-        passes = api.resolve_passes(passes)  # a typo in a pass name is a bad argument, not nine error rows
+    if passes is not None or pipeline is not None:  # a typo in a name is a bad argument, not nine error rows
+        passes = api.resolve_passes(passes, pipeline)
     found = find_models(models, builtin)
     options = {"passes": passes, "bottleneck_max_error": bottleneck_max_error, "tolerance": tolerance}
     start = time.perf_counter()
@@ -242,7 +252,7 @@ def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int =
             rows = _run_dask(found, options, dask_address, bar)
         else:
             rows = _run_pool(found, options, jobs, bar)
-    meta = {"tolerance": tolerance, "passes": passes, "bottleneck_max_error": bottleneck_max_error,
+    meta = {"tolerance": tolerance, "passes": passes, "pipeline": pipeline, "bottleneck_max_error": bottleneck_max_error,
             "criterion": Criterion(tolerance).to_dict()}
     return ZooReport([rows[path] for _, path in found], time.perf_counter() - start, meta)
 

@@ -179,6 +179,30 @@ def test_subgraphs_survive_a_pipeline_and_follow_renamed_outer_names(tmp_path: P
         np.testing.assert_array_equal(expected, actual)
 
 
+def test_subgraph_and_sparse_attributes_are_ir_values_written_back_as_they_came() -> None:
+    """Bodies load as ``Subgraph`` values and a small sparse Constant as a ``Constant`` densified on read;
+    both export the protobuf they came from, also when the exporter rebuilds every attribute."""
+    from onnx import helper, numpy_helper
+
+    from optimizer.values import Constant, Subgraph
+
+    model = onnx.load(str(FIXTURES / "control_flow.onnx"))
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([3.0, -2.0], np.float32), "v"),
+                                       numpy_helper.from_array(np.array([1, 4], np.int64), "i"), [2, 3])
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["s"], sparse_value=sparse))
+    model.graph.output.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [2, 3]))
+    graph = onnx_io.load(model)
+    assert isinstance(graph.producer("s").attrs["sparse_value"], Constant)
+    np.testing.assert_array_equal(graph.const("s"), [[0, 3, 0], [0, -2, 0]])
+    bodies = [body for node in graph.nodes for body in node.subgraphs()]
+    assert bodies and all(isinstance(body, Subgraph) for body in bodies)
+    for node in graph.nodes:
+        node.changed_attrs = set(node.attrs)  # every attribute goes through the exporter, none copied verbatim
+    rewritten = onnx_io.to_model_proto(graph)
+    assert [sorted(n.attribute, key=lambda a: a.name) for n in rewritten.graph.node] == \
+        [sorted(n.attribute, key=lambda a: a.name) for n in model.graph.node]
+
+
 def test_a_full_disk_is_one_sentence_and_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
     import errno
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -22,6 +22,7 @@ from optimizer.executor.errors import FeedError, KernelError, UnsupportedOp, Uns
 from optimizer.executor.precision import Precision, output_sources
 from optimizer.executor.registry import NodeContext, lookup
 from optimizer.ir import Graph, Node
+from optimizer.values import Subgraph
 
 #: Attributes holding subgraphs, per op; their bodies are planned with the parent.
 SUBGRAPH_ATTRS = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
@@ -73,12 +74,17 @@ class Executor:
     than by bit-equality with another float32 run whose summation order it changed.
     Without ``compute_dtype``, every tensor has the type the model gives it; float16 and
     bfloat16 ops compute in float32 and round once per op (see ``precision``).
+
+    ``outputs`` names the tensors ``run`` returns instead of the graph's outputs, intermediates
+    included (to capture activations): only what they need is computed, and they are kept.
     """
 
     def __init__(self, graph: Graph, *, max_tensor_bytes: int | None = None, compute_dtype: Any = None,
-                 _parent: Executor | None = None):
+                 outputs: Iterable[str] | None = None, _parent: Executor | None = None):
         from optimizer.onnx_io import inline_functions  # model-local functions run as their bodies
 
+        if outputs is not None:
+            graph = _with_outputs(graph, outputs)
         self.graph = graph if _parent is not None else inline_functions(graph)
         #: largest tensor (in bytes) a kernel may allocate; bodies of If/Loop use their root's
         self.max_tensor_bytes = default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes)
@@ -108,14 +114,11 @@ class Executor:
         steps: list[_Step] = []
         for node in graph.toposort():
             opset = graph.opset(node.domain)
-            spec = lookup(node.domain, node.op_type, opset)
-            reason = None if spec is None or spec.check is None else spec.check(node, opset)
-            label = node.name or (node.outputs[0] if node.outputs else node.op_type)
-            if spec is None or reason:
-                problems.append(UnsupportedOp(node.op_type, node.domain, opset, label,
-                                              reason or "no kernel is registered for it"))
+            spec, reason = _kernel_for(node, opset)
+            if reason:
+                problems.append(UnsupportedOp(node.op_type, node.domain, opset, _label(node), reason))
             subgraphs = self._plan_subgraphs(node, problems)
-            if spec is None or reason or node.id not in live:
+            if reason or node.id not in live:
                 continue
             attrs = self.precision.kernel_attrs(node)
             ctx = NodeContext(node, opset, self._limits, subgraphs, attrs)
@@ -125,12 +128,10 @@ class Executor:
         return steps
 
     def _plan_subgraphs(self, node: Node, problems: list[UnsupportedOp]) -> dict[str, Executor]:
-        from optimizer.onnx_io import subgraph  # bodies stay protobuf in the IR
-
         planned = {}
         for key, value in node.attrs.items():
-            if isinstance(value, onnx.GraphProto):
-                body = Executor(subgraph(value, self.graph), _parent=self)
+            if isinstance(value, Subgraph):
+                body = Executor(value.as_graph(self.graph), _parent=self)
                 problems.extend(body._problems)
                 planned[key] = body
         return planned
@@ -167,7 +168,7 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Graph outputs by name for the given inputs."""
+        """Graph outputs (or the ``outputs`` planned for) by name for the given inputs."""
         env = self._scope()
         env.update(self._check_feeds(feeds))
         self._execute(env)
@@ -207,8 +208,7 @@ class Executor:
                 except NinoptError:
                     raise
                 except Exception as exc:  # a numpy error on this node's values: name the node
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise KernelError(f"{ctx.node.op_type} node {ctx.node.name!r} failed: {first}.") from exc
+                    raise _kernel_failure(ctx.node, exc) from exc
                 finally:
                     ctx.outer = None
                 if not isinstance(result, tuple):
@@ -292,6 +292,81 @@ def unsupported_ops(graph: Graph) -> list[UnsupportedOp]:
 
 
 def run(graph: Graph, feeds: Mapping[str, Any], *, max_tensor_bytes: int | None = None,
-        compute_dtype: Any = None) -> dict[str, np.ndarray]:
-    """Plan and run ``graph`` once (``compute_dtype=np.float64``: the float64 truth run, see ``Executor``)."""
-    return Executor(graph, max_tensor_bytes=max_tensor_bytes, compute_dtype=compute_dtype).run(feeds)
+        compute_dtype: Any = None, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Plan and run ``graph`` once (``compute_dtype=np.float64``: the float64 truth run; ``outputs``:
+    the tensors to return instead of the graph's; see ``Executor``)."""
+    return Executor(graph, max_tensor_bytes=max_tensor_bytes, compute_dtype=compute_dtype,
+                    outputs=outputs).run(feeds)
+
+
+def _with_outputs(graph: Graph, names: Iterable[str]) -> Graph:
+    """A copy of ``graph`` whose outputs are ``names``, so planning computes just them and keeps them."""
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if graph.producer(n) is None and n not in graph.inputs and n not in graph.initializers]
+    if unknown:
+        raise NinoptError(f"Cannot return {_names(unknown)}: the graph has no tensor of that name.")
+    copy = graph.copy()
+    copy.outputs = names
+    return copy
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """The allocation guard ``run_node`` gives a kernel (an Executor is its own)."""
+
+    max_tensor_bytes: int
+
+
+def _kernel_for(node: Node, opset: int) -> tuple[Any, str | None]:
+    """The node's kernel spec and None, or (spec or None, why the executor cannot run the node)."""
+    spec = lookup(node.domain, node.op_type, opset)
+    if spec is None:
+        return None, "no kernel is registered for it"
+    return spec, None if spec.check is None else spec.check(node, opset)
+
+
+def _label(node: Node) -> str:
+    return node.name or (node.outputs[0] if node.outputs else node.op_type)
+
+
+def _kernel_failure(node: Node, exc: Exception) -> KernelError:
+    """A numpy error raised by a kernel, as a sentence naming the node."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return KernelError(f"{node.op_type} node {node.name!r} failed: {first}.")
+
+
+def has_kernel(node: Node, opset: int) -> bool:
+    """Whether the executor can run ``node`` at ``opset``: a kernel is registered and its ``check``
+    accepts the variant of the op the node uses (a node with subgraphs still needs a planned Executor)."""
+    return _kernel_for(node, opset)[1] is None
+
+
+def run_node(node: Node, inputs: Sequence[np.ndarray | None], opset: int, *,
+             max_tensor_bytes: int | None = None) -> tuple[np.ndarray | None, ...]:
+    """Run one node on its own with its kernel: one value per ``node.outputs`` entry (None may stand
+    for an omitted output, named "").
+
+    ``inputs`` are positional (None for an omitted optional input) and reach the kernel as given:
+    no graph, no feed checks, no float16 widening. For constant folding and layer-by-layer walks;
+    nodes with subgraphs (If/Loop/Scan) need a planned ``Executor``. Raises ``UnsupportedOpError``
+    when the executor cannot run the node, ``ResourceLimitError`` before allocating a tensor over
+    ``max_tensor_bytes`` (default: ``default_max_tensor_bytes()``), ``KernelError`` when the kernel
+    fails on these values.
+    """
+    spec, reason = _kernel_for(node, opset)
+    if reason is None and node.op_type in SUBGRAPH_ATTRS and node.domain in ("", "ai.onnx"):
+        reason = "it holds subgraphs, which only a planned Executor runs"
+    if reason:
+        raise UnsupportedOpError([UnsupportedOp(node.op_type, node.domain, opset, _label(node), reason)])
+    limit = _Limit(default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes))
+    with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
+        try:
+            result = spec.fn(NodeContext(node, opset, limit), *inputs)
+        except NinoptError:
+            raise
+        except Exception as exc:
+            raise _kernel_failure(node, exc) from exc
+    if not isinstance(result, tuple):
+        result = (result,)
+    return tuple(np.asarray(value) if name and not isinstance(value, np.ndarray) else value
+                 for name, value in zip(node.outputs, result))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer.executor.registry import kernel
-from optimizer.ir import elem_type_to_dtype
+from optimizer.values import elem_type_to_dtype
 
 
 def scalar_int(value) -> int:

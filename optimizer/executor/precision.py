@@ -33,7 +33,8 @@ import numpy as np
 import onnx
 
 from optimizer.errors import NinoptError
-from optimizer.ir import Node, dtype_to_elem_type, elem_type_to_dtype
+from optimizer.ir import Node
+from optimizer.values import dtype_to_elem_type, elem_type_to_dtype
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)

@@ -15,7 +15,7 @@ import numpy as np
 
 from optimizer.executor.conv import conv
 from optimizer.executor.registry import kernel
-from optimizer.ir import elem_type_to_dtype
+from optimizer.values import elem_type_to_dtype
 
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from optimizer.executor.indexing import scalar_int
 from optimizer.executor.registry import kernel
-from optimizer.ir import elem_type_to_dtype
+from optimizer.values import elem_type_to_dtype
 
 
 def _as_complex(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from optimizer.executor.registry import kernel
-from optimizer.ir import dtype_to_elem_type, elem_type_to_dtype
+from optimizer.values import dtype_to_elem_type, elem_type_to_dtype
 
 
 @kernel("Identity")

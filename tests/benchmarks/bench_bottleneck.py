@@ -28,13 +28,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the repo first: `passes` is the package, not tests/passes
 
 import passes.insert_bottleneck  # noqa: E402,F401
-from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id  # noqa: E402
 from optimizer import onnx_io  # noqa: E402
 from optimizer.bottleneck import random_feeds, relative_error  # noqa: E402
 from optimizer.cost import analyze_costs  # noqa: E402
 from optimizer.executor import run  # noqa: E402
 from optimizer.pipeline import PassManager  # noqa: E402
 from optimizer.registry import get_pass  # noqa: E402
+from support import FIXTURES_DIR, LIGHT_MODELS, light_model_id  # noqa: E402
 
 
 def ort_latencies(graphs, feeds, repeats: int = 60, warmup: int = 10) -> list[float]:

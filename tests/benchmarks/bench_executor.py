@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "executor")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from executor_testing import ONNX_DATA, randomize_weights  # noqa: E402
+from support import ONNX_DATA, randomize_weights  # noqa: E402
 
 ENGINES = ("ninopt", "onnxruntime", "reference")
 

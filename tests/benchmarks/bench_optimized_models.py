@@ -44,14 +44,13 @@ import passes.merge_sibling_conv1x1  # noqa: F401
 
 # Only now: with tests/ on sys.path first, `import passes` would find the namespace package tests/passes.
 TESTS = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(TESTS), str(TESTS / "passes")]
+sys.path[:0] = [str(TESTS)]
 
-from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id, random_feeds  # noqa: E402
 from optimizer import onnx_io  # noqa: E402
 from optimizer.api import resolve_passes  # noqa: E402
 from optimizer.pipeline import PassManager  # noqa: E402
 from optimizer.registry import get_pass  # noqa: E402
-from test_merge_sibling_conv1x1 import randomize_weights  # noqa: E402
+from support import FIXTURES_DIR, LIGHT_MODELS, light_model_id, random_feeds, randomize_conv_weights  # noqa: E402
 
 try:
     import onnxsim  # a benchmark peer only, never a dependency
@@ -94,7 +93,7 @@ def zoo_variant(path: str, folder: str) -> str:
     """The light-zoo model with its ConstantOfShape weights folded into seeded random initializers."""
     graph = optimizer.load(path)
     PassManager([get_pass("fold-constants").create()]).run(graph)
-    randomize_weights(graph, seed=0)
+    randomize_conv_weights(graph, seed=0)
     out = os.path.join(folder, f"{light_model_id(path)}.onnx")
     optimizer.save(graph, out)
     return out

@@ -43,7 +43,7 @@ from optimizer.registry import get_pass
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.append(str(TESTS))
-from conftest import ort_run  # noqa: E402
+from support import ort_run  # noqa: E402
 
 #: Inputs the models only accept at particular sizes (PP-OCR rec needs height 48, silero 512 samples at 16 kHz).
 MODEL_SHAPES = {

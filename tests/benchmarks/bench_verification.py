@@ -30,7 +30,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import optimizer  # noqa: E402
 from optimizer.executor import Executor  # noqa: E402
 from optimizer.oracle import RuntimeOracle  # noqa: E402
-from optimizer.verification import Criterion, Reference, prepare_feeds  # noqa: E402
+from optimizer.inputs import prepare_feeds  # noqa: E402
+from optimizer.verification import Criterion, Reference  # noqa: E402
 
 WILD_SHAPES = {"ch_PP-OCRv4_det_infer": {"x": (1, 3, 320, 320)}}
 
@@ -77,9 +78,7 @@ def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def models(zoos: list[str]):
-    from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id
-    from executor.executor_testing import randomize_weights
-    from test_verification_criterion import to_float16
+    from support import FIXTURES_DIR, LIGHT_MODELS, light_model_id, randomize_weights, to_float16
 
     if "light" in zoos:
         for path in LIGHT_MODELS:

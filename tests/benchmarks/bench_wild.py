@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT)]
 from fixtures import wild  # noqa: E402
 from optimizer import cli, load  # noqa: E402
 from optimizer.executor import Executor  # noqa: E402
-from optimizer.verification import random_inputs  # noqa: E402
+from optimizer.inputs import random_inputs  # noqa: E402
 
 
 def _session(path: Path, threads: int = 2):

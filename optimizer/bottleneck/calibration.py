@@ -1,0 +1,61 @@
+"""The inputs bottlenecks are measured on, and the error the budget is counted in.
+
+Calibration data (or seeded random inputs drawn as verification draws them) split into one
+feed per sample; errors are verification's max|d| / max|y|, taken over all samples at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer import verification
+from optimizer.executor import Executor
+from optimizer.inputs import choose_input_shapes, random_inputs
+from optimizer.ir import Graph
+
+
+def random_feeds(graph: Graph, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs, one feed dict per sample, drawn as verification draws them and at the shapes it
+    chooses for dynamic dims (a symbolic H or W of 1 breaks real detectors and recognizers)."""
+    shapes = choose_input_shapes(graph, seed=seed).shapes
+    return [random_inputs(graph, shapes, seed + i) for i in range(samples)]
+
+
+def calibration_feeds(graph: Graph, calibration, samples: int, seed: int) -> tuple[list[dict], str]:
+    """Per-sample feeds: a calibration dict (its leading axis split into the model's batch) or random."""
+    if calibration is None:
+        return random_feeds(graph, samples, seed), "random"
+    names = graph.feed_inputs()
+    missing = [n for n in names if n not in calibration]
+    if missing:
+        raise ValueError(f"calibration lacks input(s) {', '.join(missing)}")
+    batch = {n: (graph.shape(n) or (1,))[0] for n in names}
+    counts = {n: np.asarray(calibration[n]).shape[0] // (batch[n] if isinstance(batch[n], int) else 1) for n in names}
+    count = min(counts.values())
+    feeds = []
+    for i in range(count):
+        feed = {}
+        for n in names:
+            b = batch[n] if isinstance(batch[n], int) else np.asarray(calibration[n]).shape[0]
+            dtype = graph.tensors[n].dtype if n in graph.tensors else None
+            value = np.asarray(calibration[n])[i * b:(i + 1) * b]
+            feed[n] = value.astype(dtype) if dtype is not None else value
+        feeds.append(feed)
+    return feeds, "calibration"
+
+
+def relative_error(reference: list[np.ndarray], approx: list[np.ndarray]) -> float:
+    """Verification's max|d| / max|y| (the budget's metric) over all samples at once: one array per
+    sample each, the differences taken in float64 so float32 outputs lose nothing to round-off."""
+    truth = np.concatenate([np.ravel(y) for y in reference])
+    value = np.concatenate([np.ravel(a) for a in approx]).astype(np.float64)
+    return verification.relative_error(value, truth, np.ones(truth.shape, bool))
+
+
+def output_error(reference: dict[str, list[np.ndarray]], candidate: Graph, feeds: list[dict]) -> float:
+    """Largest relative error (max|d|/max|y|) of the candidate's outputs, run by the executor, against
+    reference outputs (output name -> one array per feed)."""
+    executor = Executor(candidate)
+    got = [executor.run(f) for f in feeds]
+    return max((relative_error(ref, [c[o] for c in got]) for o, ref in reference.items()), default=0.0)
+
