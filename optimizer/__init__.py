@@ -13,10 +13,12 @@ Library entry points mirror the CLI::
 """
 
 from optimizer.api import (
-    BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, profile, run, save, verify, zoo,
+    BottleneckOptions, OptimizeResult, analyze, analyze_bottlenecks, load, optimize, profile, run, save, verify,
 )
 from optimizer.errors import NinoptError, VerificationError
+from optimizer.graphsurgeon import to_graphsurgeon
 from optimizer.ir import Graph, Node
+from optimizer.zoo_runner import zoo
 
 __all__ = ["BottleneckOptions", "Graph", "Node", "NinoptError", "OptimizeResult", "VerificationError", "analyze",
-           "analyze_bottlenecks", "load", "optimize", "profile", "run", "save", "verify", "zoo"]
+           "analyze_bottlenecks", "load", "optimize", "profile", "run", "save", "to_graphsurgeon", "verify", "zoo"]
