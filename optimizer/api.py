@@ -9,18 +9,21 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from optimizer import onnx_io
+from optimizer import graphsurgeon, onnx_io
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph
+from optimizer.onnx_checks import schema_problem
 from optimizer.pipeline import PassManager, PipelineReport
-from optimizer.registry import default_passes, get_pass
+from optimizer.registry import DEFAULT_PIPELINE, get_pass, pipeline_passes
 from optimizer.verification import EXACT_TOLERANCE  # noqa: F401  (the CLI's default --tolerance)
 
-ModelLike = str | os.PathLike | Graph | Any  # a path, an onnx.ModelProto or a Graph
+ModelLike = str | os.PathLike | Graph | Any  # a path, an onnx.ModelProto, a Graph or an onnx_graphsurgeon Graph
 
 
 def load(model: ModelLike) -> Graph:
-    """A Graph from a path, a ModelProto or a Graph (returned as is)."""
+    """A Graph from a path, a ModelProto, an onnx_graphsurgeon Graph (left unchanged) or a Graph (returned as is)."""
+    if graphsurgeon.is_graphsurgeon_graph(model):
+        return graphsurgeon.from_graphsurgeon(model)
     return onnx_io.load(model)
 
 
@@ -60,7 +63,7 @@ class OptimizeResult:
     passes: list[str] = field(default_factory=list)
     budget: float = EXACT_TOLERANCE  # the criterion's floor: relative error vs the truth always allowed
     oracle: Any = None  # optimizer.oracle.OracleReport: which oracles judged the result, and what onnxruntime said
-    shapes: Any = None  # optimizer.verification.ShapeChoice: the input shapes verified (and priced) at
+    shapes: Any = None  # optimizer.inputs.ShapeChoice: the input shapes verified (and priced) at
 
     def save(self, path: str | os.PathLike, **options) -> Path:
         return onnx_io.save(self.graph, path, **options)
@@ -69,6 +72,10 @@ class OptimizeResult:
     def model(self):
         """The optimized model as an onnx.ModelProto (weights embedded)."""
         return onnx_io.to_model_proto(self.graph)
+
+    def to_graphsurgeon(self):
+        """The optimized model as a new onnx_graphsurgeon.Graph, to continue a graphsurgeon script with."""
+        return graphsurgeon.to_graphsurgeon(self.graph)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,10 +90,13 @@ class OptimizeResult:
         }
 
 
-def resolve_passes(passes: Iterable[str] | str | None) -> list[str]:
-    """Pass names to run: the default pipeline, or the given names (comma-separated string or list)."""
+def resolve_passes(passes: Iterable[str] | str | None = None, pipeline: str | None = None) -> list[str]:
+    """Pass names to run: the given names (comma-separated string or list), else the named pipeline
+    (default: ``default``); ``ninopt passes`` lists both."""
+    if passes is not None and pipeline is not None:
+        raise NinoptError("give either passes or a pipeline, not both.")
     if passes is None:
-        return default_passes()
+        return pipeline_passes(pipeline or DEFAULT_PIPELINE)
     if isinstance(passes, str):
         passes = [p.strip() for p in passes.split(",") if p.strip()]
     names = list(passes)
@@ -110,16 +120,15 @@ class BottleneckOptions:
                                                  relu_bottleneck=self.relu_bottleneck)
 
 
-#: Cleanup after bottleneck insertion (the factored weights replace the old ones).
-_CLEANUP_AFTER_BOTTLENECK = ("dedupe-initializers", "eliminate-dead-nodes", "eliminate-unused-initializers")
-
-
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
-             inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+             pipeline: str | None = None, inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
              tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False,
              bottleneck: BottleneckOptions | None = None, raise_on_failure: bool = True,
              oracle: str | None = None) -> OptimizeResult:
     """Run passes to a fixpoint and, unless ``verify=False``, prove the result.
+
+    The passes are ``passes`` (names), else the named ``pipeline`` (``default``, ``onnxruntime``,
+    ...; ``ninopt passes`` lists them).
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
     loaded fresh. Verification runs the model before the passes on the executor, in its own
@@ -142,13 +151,14 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     """
     from optimizer.executor import Executor
     from optimizer.oracle import RuntimeOracle, check_oracle
-    from optimizer.verification import Criterion, Reference, input_shape_choice, prepare_feeds
+    from optimizer.inputs import input_shape_choice, prepare_feeds
+    from optimizer.verification import Criterion, Reference
 
     oracle = check_oracle(oracle)
     graph = load(model)
     if graph is model:
         graph = graph.copy()
-    names = resolve_passes(passes)
+    names = resolve_passes(passes, pipeline)
     # dynamic dims: verified (and priced) at the shapes chosen here, reported in the result
     shape_choice = input_shape_choice(graph, inputs, shapes, seed, confirm=verify or verify_each_pass)
     checker = None
@@ -164,16 +174,17 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     report = PassManager([get_pass(n).create() for n in names], checker=checker).run(graph)
     budget = tolerance
     if bottleneck is not None:
-        approximate = PassManager([bottleneck.create_pass()] + [get_pass(n).create() for n in _CLEANUP_AFTER_BOTTLENECK])
+        cleanup = pipeline_passes("after-bottleneck")
+        approximate = PassManager([bottleneck.create_pass()] + [get_pass(n).create() for n in cleanup])
         extra = approximate.run(graph)
         report = PipelineReport(report.passes + extra.passes, report.iterations + extra.iterations,
                                 report.converged and extra.converged)
-        names = names + ["insert-bottleneck", *_CLEANUP_AFTER_BOTTLENECK]
+        names = names + ["insert-bottleneck", *cleanup]
         seen_in_calibration = inputs is not None and inputs is bottleneck.calibration
         budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
     after = GraphSummary.of(graph, shape_choice.pins)
     verification = None
-    if verify and (problem := onnx_io.schema_problem(graph)) is not None:
+    if verify and (problem := schema_problem(graph)) is not None:
         raise VerificationError(f"the optimized model is not valid ONNX ({problem}); nothing was written.")
     if verify:
         criterion = Criterion(budget)
@@ -206,7 +217,7 @@ def profile(model: ModelLike, feeds: dict[str, np.ndarray] | None = None, *, run
     op type, with output shapes, MACs and achieved GFLOP/s. ``feeds`` default to seeded random inputs at the
     shapes verification chooses."""
     from optimizer.profiling import profile as profile_graph
-    from optimizer.verification import prepare_feeds
+    from optimizer.inputs import prepare_feeds
 
     graph = load(model)
     feeds, _ = prepare_feeds(graph, feeds, None, seed)
@@ -224,12 +235,12 @@ def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None
     """Per-node shapes, MACs, parameters and activation bytes (an ``optimizer.cost.CostReport``).
 
     Dynamic input dims are priced at the shapes verification would run at
-    (``optimizer.verification.choose_input_shapes``: batch 1, others from ``input_shapes``
+    (``optimizer.inputs.choose_input_shapes``: batch 1, others from ``input_shapes``
     or the model's hints or defaults), which the report names; when no such shape runs, the
     dims stay symbolic and the numbers depending on them unknown.
     """
     from optimizer.cost import analyze_costs
-    from optimizer.verification import input_shape_choice
+    from optimizer.inputs import input_shape_choice
 
     graph = load(model)
     try:
@@ -255,16 +266,5 @@ def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] 
     graph = load(model)
     if graph is model:
         graph = graph.copy()
-    PassManager([get_pass("fold-constants").create()]).run(graph)  # ConstantOfShape weights become readable
+    PassManager([get_pass(n).create() for n in pipeline_passes("constant-folding")]).run(graph)
     return analyze_graph(graph, calibration, seed=seed, max_error=max_error)
-
-
-def zoo(models: Iterable[str | os.PathLike] = (), **options):
-    """Optimize and verify many models in parallel (``ninopt zoo``): a ``ZooReport``.
-
-    Options are those of ``optimizer.zoo_runner.run_zoo`` (``builtin="light"``, ``jobs``,
-    ``passes``, ``bottleneck_max_error``, ``tolerance``, ``progress``, ``dask_address``).
-    """
-    from optimizer.zoo_runner import run_zoo
-
-    return run_zoo(list(models), **options)

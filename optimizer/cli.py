@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
 import os
 import shutil
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -17,178 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from optimizer import api
+from optimizer.cli_args import build_parser
 from optimizer.errors import NinoptError
-
-EXAMPLES = {
-    "optimize": "example: ninopt optimize fixtures/inception_module.onnx -o out.onnx --json",
-    "analyze": "example: ninopt analyze fixtures/inception_module.onnx --csv costs.csv",
-    "passes": "example: ninopt passes --json",
-    "ops": "example: ninopt ops --json",
-    "run": "example: ninopt run fixtures/inception_module.onnx --inputs fixtures/inception_module_inputs.npz -o y.npz",
-    "zoo": "example: ninopt zoo --builtin light --jobs 2 --html zoo.html --save zoo.json",
-    "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
-}
-
-
-def _version() -> str:
-    try:
-        return metadata.version("ninopt")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.rpartition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if not sep or not name or not shape or any(d <= 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"expected NAME:DIMxDIM..., e.g. data:1x3x224x224, got {text!r}")
-    return name, shape
-
-
-def _size_arg(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = text.strip().upper().rstrip("B"), ""
-    if number and number[-1] in units:
-        number, unit = number[:-1], number[-1]
-    try:
-        value = int(float(number) * units[unit])
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive size such as 2G, 512M or 1048576, got {text!r}")
-    return value
-
-
-def _tolerance_arg(text: str) -> tuple[str | None, float]:
-    name, sep, value = text.rpartition(":")
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected VALUE or OUTPUT:VALUE, e.g. 1e-5 or logits:1e-3, got {text!r}")
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"a tolerance cannot be negative, got {text!r}")
-    return (name if sep else None), number
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ninopt",
-        description="Optimize ONNX convolutional networks around 1x1 convolutions; every rewrite is verified.",
-        epilog="example: ninopt optimize fixtures/repvgg_stage.onnx -o out.onnx (see `ninopt COMMAND --help`)",
-    )
-    parser.add_argument("--version", action="version", version=f"ninopt {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing but errors (and --json output); no progress display")
-    common.add_argument("--max-tensor-bytes", type=_size_arg, metavar="SIZE",
-                        help="refuse, before allocating, any tensor larger than SIZE (e.g. 2G, 512M; "
-                             "default: half the machine's memory)")
-
-    p = sub.add_parser("optimize", parents=[common], help="rewrite a model and verify the result", epilog=EXAMPLES["optimize"])
-    p.add_argument("model", help="input .onnx file (never modified)")
-    p.add_argument("-o", "--output", required=True, help="where to write the optimized model")
-    p.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
-    p.add_argument("--no-verify", action="store_true", help="skip verification against the input")
-    p.add_argument("--inputs", help="a .npz of inputs to verify with (default: seeded random inputs)")
-    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224",
-                   help="pin the dims of an input (repeatable)")
-    p.add_argument("--target", choices=("generic", "onnxruntime"), default="generic",
-                   help="onnxruntime: also fuse Conv + activation into com.microsoft FusedConv")
-    p.add_argument("--bottleneck", action="store_true",
-                   help="also insert 1x1 channel bottlenecks (approximate, within --max-error)")
-    p.add_argument("--max-error", type=float, default=1e-2,
-                   help="with --bottleneck: largest relative error at any output (default %(default)g)")
-    p.add_argument("--calibration", help="with --bottleneck: a .npz of calibration inputs (samples on axis 0)")
-    p.add_argument("--relu-bottleneck", action="store_true",
-                   help="with --bottleneck: put a ReLU after every inserted 1x1 even where not exact")
-    p.add_argument("--verify-each-pass", action="store_true",
-                   help="check every rewrite; roll back (and report) any that breaks the numbers")
-    p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
-                   help="relative error against the float64 truth (max|d|/max|y|) always allowed per output; "
-                        "more is allowed up to 16x the original's own rounding error (default %(default)g)")
-    p.add_argument("--oracle", choices=("executor", "onnxruntime", "both"),
-                   help="who runs the models for verification (default: both when onnxruntime is installed, "
-                        "else executor)")
-    p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
-                   help="write weights to OUTPUT.data (auto: when the input had external data or is over 2 GiB)")
-    p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input file")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_optimize)
-
-    p = sub.add_parser("analyze", parents=[common], help="per-node shapes, MACs and parameters", epilog=EXAMPLES["analyze"])
-    p.add_argument("model")
-    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
-    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--bottlenecks", action="store_true",
-                   help="rank channel-bottleneck opportunities (weight and activation spectra, break-even ranks)")
-    p.add_argument("--calibration", help="with --bottlenecks: a .npz of calibration inputs (else seeded random)")
-    p.add_argument("--max-error", type=float, default=1e-2,
-                   help="with --bottlenecks: the error target that picks each proposed rank (default %(default)g)")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("run", parents=[common], help="run a model on the reference executor", epilog=EXAMPLES["run"])
-    p.add_argument("model")
-    p.add_argument("--inputs", help="a .npz of inputs keyed by input name (default: seeded random inputs)")
-    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
-    p.add_argument("-o", "--output", help="write the outputs to this .npz, keyed by output name")
-    p.add_argument("--json", action="store_true", help="print a summary of each output as JSON")
-    p.add_argument("--profile", action="store_true",
-                   help="time every node: seconds per op type and the 10 slowest nodes with shapes, MACs, GFLOP/s")
-    p.add_argument("--runs", type=int, default=3, help="with --profile: timed runs after a warm-up (default %(default)s)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("verify", parents=[common], help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
-    p.add_argument("reference", help="the reference model (usually the original)")
-    p.add_argument("candidate", help="the model to check against it")
-    p.add_argument("--inputs", help="a .npz of inputs (default: seeded random inputs that respect dtypes)")
-    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
-                   help="relative error against REFERENCE in float64 always allowed per output; more is allowed "
-                        "up to 16x REFERENCE's own rounding error (default %(default)g)")
-    p.add_argument("--atol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
-                   help="judge by |d| <= atol + rtol*|reference| instead, for all outputs or one (repeatable; "
-                        "the one of atol/rtol not given is 0)")
-    p.add_argument("--rtol", action="append", type=_tolerance_arg, default=[], metavar="[OUTPUT:]VALUE",
-                   help="relative tolerance of that rule, for all outputs or one (repeatable)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("zoo", parents=[common], help="optimize and verify many models; a regression report", epilog=EXAMPLES["zoo"])
-    p.add_argument("models", nargs="*", help=".onnx files or folders (searched recursively)")
-    p.add_argument("--builtin", choices=("light",), help="add the onnx package's light model zoo")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default %(default)s)")
-    p.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
-    p.add_argument("--bottleneck", action="store_true", help="also insert bottlenecks within --max-error")
-    p.add_argument("--max-error", type=float, default=1e-2, help="with --bottleneck (default %(default)g)")
-    p.add_argument("--tolerance", type=float, default=api.EXACT_TOLERANCE,
-                   help="relative error against the float64 truth always allowed per output, as for optimize "
-                        "(default %(default)g)")
-    p.add_argument("--baseline", metavar="FILE", help="an earlier run's JSON report: exit 1 on any regression")
-    p.add_argument("--save", metavar="FILE", help="write the JSON report to FILE (a later --baseline)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV")
-    p.add_argument("--html", metavar="FILE", help="a self-contained HTML page with per-layer MAC charts")
-    p.add_argument("--dask", metavar="ADDRESS", help="run the jobs on the Dask scheduler at ADDRESS")
-    p.set_defaults(func=cmd_zoo)
-
-    p = sub.add_parser("passes", help="list the available passes", epilog=EXAMPLES["passes"])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_passes)
-
-    p = sub.add_parser("ops", parents=[common], help="the executor's ops and its score on onnx's node test cases",
-                       epilog=EXAMPLES["ops"])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ops)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -198,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             from optimizer.executor import set_max_tensor_bytes
 
             set_max_tensor_bytes(args.max_tensor_bytes)
-        return args.func(args) or 0
+        return COMMANDS[args.command](args) or 0
     except NinoptError as exc:
         _error(str(exc))
         return exc.exit_code
@@ -251,8 +79,9 @@ def cmd_optimize(args) -> int:
     source, target = Path(args.model), Path(args.output)
     if target.exists() and source.exists() and target.resolve() == source.resolve() and not args.in_place:
         raise NinoptError(f"refusing to overwrite the input {source}; pass --in-place to allow it.")
-    passes = api.resolve_passes(args.passes)
-    if args.target == "onnxruntime":
+    passes = api.resolve_passes(args.passes, args.pipeline or ("onnxruntime" if args.target == "onnxruntime"
+                                                                and not args.passes else None))
+    if args.target == "onnxruntime" and "fuse-conv-activation" not in passes:
         passes.append("fuse-conv-activation")
     bottleneck = None
     if args.bottleneck:
@@ -401,7 +230,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_rows(path: Path, header, rows) -> None:
-    from optimizer.onnx_io import atomic_writer
+    from optimizer.model_files import atomic_writer
 
     with atomic_writer(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -411,7 +240,8 @@ def _write_rows(path: Path, header, rows) -> None:
 
 def cmd_run(args) -> int:
     from optimizer.executor import Executor
-    from optimizer.verification import json_number, prepare_feeds
+    from optimizer.inputs import prepare_feeds
+    from optimizer.verification import json_number
 
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
@@ -421,7 +251,7 @@ def cmd_run(args) -> int:
     with _working(args, f"running {Path(args.model).name}"):
         outputs = executor.run(feeds)
     if args.output:
-        from optimizer.onnx_io import atomic_writer
+        from optimizer.model_files import atomic_writer
 
         with atomic_writer(args.output) as f:
             np.savez(f, **outputs)
@@ -533,7 +363,7 @@ def cmd_zoo(args) -> int:
         require_matplotlib()  # before the run, not after it
     if args.baseline:
         zoo.load_baseline(args.baseline)  # a bad baseline is bad input: exit 2 before any work
-    report = zoo.run_zoo(args.models, builtin=args.builtin, jobs=args.jobs, passes=args.passes,
+    report = zoo.run_zoo(args.models, builtin=args.builtin, jobs=args.jobs, passes=args.passes, pipeline=args.pipeline,
                          bottleneck_max_error=args.max_error if args.bottleneck else None, tolerance=args.tolerance,
                          progress=not args.quiet, dask_address=args.dask)
     comparison = zoo.compare_baseline(report, args.baseline) if args.baseline else None
@@ -559,19 +389,23 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from optimizer.registry import all_passes
+    from optimizer.registry import all_passes, pipelines
 
-    infos = all_passes()
+    infos, table_of = all_passes(), pipelines()
     if args.json:
-        print(json.dumps([{"name": p.name, "exact": p.exact, "default": p.default, "doc": p.doc} for p in infos],
-                         indent=2))
+        print(json.dumps({"passes": [{"name": p.name, "exact": p.exact, "default": p.default, "doc": p.doc,
+                                      "pipelines": list(p.pipelines)} for p in infos],
+                          "pipelines": {name: list(names) for name, names in table_of.items()}}, indent=2))
         return 0
-    table = Table(title="passes (default ones run in this order)")
-    for col in ("name", "exact", "default", "what it does"):
+    table = Table(title="passes (default ones first, in the order they run)")
+    for col in ("name", "exact", "pipelines", "what it does"):
         table.add_column(col)
     for p in infos:
-        table.add_row(p.name, "yes" if p.exact else "no", "yes" if p.default else "no", p.doc)
-    _console().print(table)
+        table.add_row(p.name, "yes" if p.exact else "no", ", ".join(p.pipelines) or "(by name only)", p.doc)
+    console = _console()
+    console.print(table)
+    for name, names in table_of.items():
+        console.print(f"[bold]{name}[/bold]: {' -> '.join(names)}")
     return 0
 
 
@@ -586,6 +420,9 @@ def cmd_ops(args) -> int:
         conformance.render(coverage, _console())
     return 0
 
+
+COMMANDS = {"optimize": cmd_optimize, "analyze": cmd_analyze, "run": cmd_run, "verify": cmd_verify, "zoo": cmd_zoo,
+            "passes": cmd_passes, "ops": cmd_ops}
 
 if __name__ == "__main__":
     sys.exit(main())

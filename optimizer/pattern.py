@@ -56,12 +56,15 @@ P = _PatternBuilder()
 
 @dataclass
 class Match:
-    """The tensors and nodes a pattern bound; ``fail`` turns it into a refusal with a reason."""
+    """The tensors and nodes a pattern bound (``m["x"]``, ``m.node("pad")``, ``m.root``).
+
+    ``shapes`` is set by the pass driver: the run's lazy ``ShapeContext``.
+    """
 
     tensors: dict[str, str] = field(default_factory=dict)
     bound_nodes: dict[str, Node] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)  # root first
-    reason: str | None = None
+    shapes: Any = None
 
     def __getitem__(self, key: str) -> str:
         return self.tensors[key]
@@ -72,14 +75,6 @@ class Match:
     @property
     def root(self) -> Node:
         return self.nodes[0]
-
-    def fail(self, reason: str) -> Match:
-        self.reason = reason
-        return self
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
 
 
 def match(g: Graph, pattern: OpPattern, node: Node) -> Match | None:

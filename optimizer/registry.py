@@ -1,7 +1,9 @@
-"""Pass registration: built-in passes register on import; third parties through entry points.
+"""Finding passes and pipelines: the built-in passes and their pipeline table, and plug-ins.
 
-A plug-in package exposes passes in the entry-point group ``ninopt.passes``; each entry
-point names a module (importing it registers its passes) or a Pass class.
+Importing ``passes`` registers the built-ins (``optimizer.pipeline.register_pass``) and
+gives the named pipelines (``passes.PIPELINES``). A plug-in package exposes passes in the
+entry-point group ``ninopt.passes``; each entry point names a module (importing it registers
+its passes) or a Pass class. This module sits above the passes: nothing below imports it.
 """
 
 from __future__ import annotations
@@ -11,60 +13,37 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from optimizer.errors import NinoptError
+from optimizer.pipeline import REGISTERED, Pass
 
 ENTRY_POINT_GROUP = "ninopt.passes"
+DEFAULT_PIPELINE = "default"
 
 
 @dataclass(frozen=True)
-class PassInfo:
+class PassListing:
+    """A registered pass as ``ninopt passes`` lists it."""
+
     name: str
     cls: type
     exact: bool
-    default: bool
-    doc: str  # first line of the class docstring
+    doc: str
+    pipelines: tuple[str, ...]  # the named pipelines that run it
 
-    def create(self):
+    @property
+    def default(self) -> bool:
+        return DEFAULT_PIPELINE in self.pipelines
+
+    def create(self) -> Pass:
         return self.cls()
 
 
-_REGISTRY: dict[str, PassInfo] = {}
-_loaded = False
+_pipelines: dict[str, tuple[str, ...]] | None = None
 
 
-def register_pass(name: str, *, exact: bool = True, default: bool = True):
-    """Class decorator: make a Pass available by ``name``.
-
-    ``exact`` passes keep outputs within float round-off; ``default`` ones run in the
-    default pipeline, in registration order.
-    """
-
-    def decorate(cls):
-        doc = (cls.__doc__ or "").strip().splitlines()
-        if not doc:
-            raise TypeError(f"pass {name!r} needs a docstring saying what it rewrites")
-        known = _REGISTRY.get(name)
-        if known is not None and _qualified(known.cls) != _qualified(cls):  # a re-imported module may re-register
-            raise ValueError(f"pass name {name!r} is registered twice")
-        cls.name, cls.exact, cls.default = name, exact, default
-        _REGISTRY[name] = PassInfo(name, cls, exact, default, doc[0])
-        return cls
-
-    return decorate
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def unregister_pass(name: str) -> None:
-    """Remove a pass (tests register throwaway passes)."""
-    _REGISTRY.pop(name, None)
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
+def _load() -> dict[str, tuple[str, ...]]:
+    global _pipelines
+    if _pipelines is not None:
+        return _pipelines
     builtin = importlib.import_module("passes")
     if getattr(builtin, "__file__", None) is None:  # a namespace package: some other passes/ folder won
         raise NinoptError(f"the built-in passes could not be loaded: 'passes' resolves to {list(builtin.__path__)}, "
@@ -74,22 +53,43 @@ def _load() -> None:
             entry.load()
         except Exception as exc:  # a broken plug-in: one sentence, every time it is asked for
             raise NinoptError(f"pass plug-in {entry.name!r} ({entry.value}) failed to load: {exc}.") from None
-    _loaded = True
+    _pipelines = dict(builtin.PIPELINES)
+    return _pipelines
 
 
-def all_passes() -> list[PassInfo]:
+def _listing(name: str) -> PassListing:
+    info = REGISTERED[name]
+    member_of = tuple(p for p, names in _load().items() if name in names)
+    return PassListing(info.name, info.cls, info.exact, info.doc, member_of)
+
+
+def all_passes() -> list[PassListing]:
+    """Every registered pass: the default pipeline's in its order, then the others by registration."""
     _load()
-    return list(_REGISTRY.values())
+    order = list(dict.fromkeys([*pipeline_passes(DEFAULT_PIPELINE), *REGISTERED]))
+    return [_listing(name) for name in order if name in REGISTERED]
 
 
-def get_pass(name: str) -> PassInfo:
+def get_pass(name: str) -> PassListing:
     _load()
-    info = _REGISTRY.get(name)
-    if info is None:
-        known = ", ".join(sorted(_REGISTRY))
+    if name not in REGISTERED:
+        known = ", ".join(sorted(REGISTERED))
         raise NinoptError(f"unknown pass {name!r}; known passes: {known}.")
-    return info
+    return _listing(name)
+
+
+def pipelines() -> dict[str, tuple[str, ...]]:
+    """The named pipelines: name -> pass names in order."""
+    return dict(_load())
+
+
+def pipeline_passes(name: str) -> list[str]:
+    """The pass names of a named pipeline, in order."""
+    table = _load()
+    if name not in table:
+        raise NinoptError(f"unknown pipeline {name!r}; known pipelines: {', '.join(table)}.")
+    return list(table[name])
 
 
 def default_passes() -> list[str]:
-    return [p.name for p in all_passes() if p.default]
+    return pipeline_passes(DEFAULT_PIPELINE)

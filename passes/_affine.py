@@ -6,31 +6,30 @@ to the parameter dtype once, so a fold changes outputs by float round-off only.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from optimizer.cost import infer_shapes, node_macs
-from optimizer.executor.norm import bn_is_training
+from optimizer.cost import node_macs
+from optimizer.decisions import FoldDecision
+from optimizer.executor import bn_is_training
 from optimizer.ir import Graph, Node
-from optimizer.pipeline import PassStats, RewritePass
+from optimizer.pattern import Match
+from optimizer.rewrite import Refuse, Replacement
 
 ONNX_DOMAINS = ("", "ai.onnx")
 #: Ops whose parameters can absorb a per-channel affine applied to their output.
 ABSORBERS = ("Conv", "ConvTranspose", "Gemm", "BatchNormalization")
 
 
-def bn_blocker(g: Graph, bn: Node) -> str | None:
-    """Why a BatchNormalization is not a fixed per-channel affine map, or None when it is."""
+def require_inference_bn(g: Graph, bn: Node) -> None:
+    """Refuses unless the BatchNormalization is a fixed per-channel affine map."""
     if bn_is_training(bn, g.opset(bn.domain)):
-        return "BN runs in training mode (training_mode=1 or mean/var outputs)"
+        raise Refuse("BN runs in training mode (training_mode=1 or mean/var outputs)")
     if any(o and g.num_uses(o) for o in bn.outputs[1:]):
-        return "BN's mean/var outputs are used"
+        raise Refuse("BN's mean/var outputs are used")
     if not g.all_constant(*bn.inputs[1:5]):
-        return "BN parameters are not constant"
+        raise Refuse("BN parameters are not constant")
     if any(g.const(t).ndim != 1 for t in bn.inputs[1:5]):
-        return "BN statistics are per activation (spatial=0), not per channel"
-    return None
+        raise Refuse("BN statistics are per activation (spatial=0), not per channel")
 
 
 def bn_affine(g: Graph, bn: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -40,19 +39,18 @@ def bn_affine(g: Graph, bn: Node) -> tuple[np.ndarray, np.ndarray]:
     return s, bias - mean * s
 
 
-def absorb_blocker(g: Graph, node: Node) -> str | None:
-    """Why ``node`` cannot take a per-channel affine of its output into its parameters, or None."""
+def require_absorber(g: Graph, node: Node) -> None:
+    """Refuses unless ``node`` can take a per-channel affine of its output into its parameters."""
     if node.domain not in ONNX_DOMAINS or node.op_type not in ABSORBERS:
-        return "no Conv, ConvTranspose, Gemm or BatchNormalization produces its input"
+        raise Refuse("no Conv, ConvTranspose, Gemm or BatchNormalization produces its input")
     if node.op_type == "BatchNormalization":
-        return bn_blocker(g, node)
-    if not g.all_constant(*node.inputs[1:]):
-        return f"{node.op_type} parameters are not constant"
-    return None
+        require_inference_bn(g, node)
+    elif not g.all_constant(*node.inputs[1:]):
+        raise Refuse(f"{node.op_type} parameters are not constant")
 
 
 def out_channels(g: Graph, node: Node) -> int:
-    """Channels along axis 1 of the output of an op ``absorb_blocker`` accepts."""
+    """Channels along axis 1 of the output of an op ``require_absorber`` accepts."""
     if node.op_type == "BatchNormalization":
         return g.const(node.inputs[1]).shape[0]
     w = g.const(node.inputs[1])
@@ -63,23 +61,20 @@ def out_channels(g: Graph, node: Node) -> int:
     return w.shape[0] if node.attr("transB", 0) else w.shape[1]  # Gemm
 
 
-def output_rank(node: Node, g: Graph, shapes: dict) -> int | None:
-    """Rank of the op's output: from the weights where they fix it, else from inferred shapes."""
+def output_rank(g: Graph, node: Node, m: Match) -> int | None:
+    """Rank of the op's output: from the weights where they fix it, else from the run's shapes."""
     if node.op_type in ("Conv", "ConvTranspose"):
         return g.const(node.inputs[1]).ndim
     if node.op_type == "Gemm":
         return 2
-    shape = shapes.get(node.outputs[0]) or shapes.get(node.inputs[0])
+    shape = m.shapes.of(node.outputs[0]) or m.shapes.of(node.inputs[0])
     return None if shape is None else len(shape)
 
 
-def absorb(g: Graph, node: Node, s: np.ndarray, t: np.ndarray, output: str) -> Node:
-    """Replace ``node`` by the same op computing ``node(x) * s + t`` (per output channel) into ``output``.
-
-    The caller has already removed the old reader of ``node``'s output that ``output`` names, if any.
-    """
+def absorb(g: Graph, r: Replacement, node: Node, s: np.ndarray, t: np.ndarray, output: str) -> None:
+    """Add to ``r``: ``node`` again as the same op computing ``node(x) * s + t`` (per output channel) into ``output``."""
     w = g.const(node.inputs[1])
-    dtype, w64 = w.dtype, w.astype(np.float64)
+    w64 = w.astype(np.float64)
     b = g.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     b64 = np.zeros(len(s)) if b is None else b.astype(np.float64)
     changed: dict = {}
@@ -98,18 +93,9 @@ def absorb(g: Graph, node: Node, s: np.ndarray, t: np.ndarray, output: str) -> N
         grouped = w64.reshape((group, w.shape[0] // group) + w.shape[1:])
         scaled = grouped * s.reshape((group, 1, w.shape[1]) + (1,) * (w.ndim - 2))
         params = [scaled.reshape(w.shape), b64 * s + t]
-    names = [new_initializer(g, params[0], dtype, node.inputs[1]),
-             new_initializer(g, params[1], dtype, param_name(node, 2, "C" if node.op_type == "Gemm" else "b"))]
-    g.remove_node(node)
-    return replace_node(g, node, [node.inputs[0], *names, *node.inputs[3:5]], output, changed)
-
-
-def replace_node(g: Graph, old: Node, inputs: list[str], output: str, changed: dict | None = None) -> Node:
-    """Add the op ``old`` was (already removed), with new inputs and output, keeping its name and attributes."""
-    new = g.add_like(old, inputs, [output])
-    for key, value in (changed or {}).items():
-        g.set_attr(new, key, value)
-    return new
+    names = [new_parameter(g, r, params[0], w.dtype, node.inputs[1]),
+             new_parameter(g, r, params[1], w.dtype, param_name(node, 2, "C" if node.op_type == "Gemm" else "b"))]
+    r.replace(node, inputs=[node.inputs[0], *names, *node.inputs[3:5]], outputs=[output], attrs=changed)
 
 
 def param_name(node: Node, index: int, suffix: str) -> str:
@@ -117,39 +103,22 @@ def param_name(node: Node, index: int, suffix: str) -> str:
     return node.inputs[index] if len(node.inputs) > index and node.inputs[index] else f"{node.name}_{suffix}"
 
 
-def new_initializer(g: Graph, value: np.ndarray, dtype: np.dtype, base: str) -> str:
-    return g.add_initializer(np.ascontiguousarray(value.astype(dtype)), name=g.fresh_name(base))
+def new_parameter(g: Graph, r: Replacement, value: np.ndarray, dtype: np.dtype, base: str) -> str:
+    """Add ``value``, cast to the parameter dtype, to ``r`` as a new initializer named after ``base``."""
+    return r.add_initializer(g.fresh_name(base), np.ascontiguousarray(value.astype(dtype)))
 
 
-class FoldPass(RewritePass):
-    """A RewritePass whose folds are priced with shapes inferred once per run and recorded as decisions.
-
-    A fold keeps every MAC-counting op with the same weight and output shapes, so MACs stay
-    equal and the node count drops: always no more expensive. Each decision records both counts.
-    """
-
-    def run(self, g: Graph, stats: PassStats) -> bool:
-        self._shapes = None
-        self._stats = stats
-        return super().run(g, stats)
-
-    def shapes(self, g: Graph) -> dict:
-        if self._shapes is None:
-            self._shapes = infer_shapes(g)
-        return self._shapes
-
-    def fold(self, g: Graph, root: Node, old: list[Node], rewrite: Callable[[], list[Node]]) -> None:
-        """Run ``rewrite`` (which replaces ``old`` by the nodes it returns) and record the decision."""
-        shapes = self.shapes(g)
-        macs_before, nodes_before = _macs(g, old, shapes), len(g)
-        new = rewrite()
-        macs_after = _macs(g, new, shapes)
-        self._stats.decisions.append({"node": root.name, "macs_before": macs_before, "macs_after": macs_after,
-                                      "nodes_before": nodes_before, "nodes_after": len(g),
-                                      "applied": True})
+def priced_fold(g: Graph, m: Match, r: Replacement) -> Replacement:
+    """``r`` with its FoldDecision. A fold re-adds each MAC-counting op it removes with the same weight
+    and output shapes (``Replacement.replace``), so the new nodes cost what the nodes they continue cost."""
+    shapes = m.shapes.inferred
+    r.decision = FoldDecision(node=m.root.name, macs_before=_macs(g, r.remove, shapes),
+                              macs_after=_macs(g, [n.like for n in r.nodes], shapes), nodes_before=len(g),
+                              nodes_after=len(g) - len(r.remove) + len(r.nodes), applied=True)
+    return r
 
 
-def _macs(g: Graph, nodes: list[Node], shapes: dict) -> int | None:
+def _macs(g: Graph, nodes: list[Node], shapes) -> int | None:
     """Total MACs of ``nodes``; None when a shape they need is unknown."""
     macs = [node_macs(g, n, shapes) for n in nodes]
     return None if None in macs else sum(macs)

@@ -1,9 +1,9 @@
 """Constant ops become initializers."""
 
-from optimizer.ir import dtype_to_elem_type
 from optimizer.pattern import P
-from optimizer.pipeline import RewritePass
-from optimizer.registry import register_pass
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+from optimizer.values import dtype_to_elem_type
 
 
 @register_pass("constant-to-initializer", exact=True)
@@ -21,17 +21,16 @@ class ConstantToInitializer(RewritePass):
 
     def check(self, g, m):
         if g.is_graph_output(m["y"]):
-            return m.fail("its output is a graph output")
+            raise Refuse("its output is a graph output")
         value = g.const(m["y"])
         if value is None or value.dtype.kind in "OSU":
-            return m.fail("a string or large sparse value stays a Constant")
+            raise Refuse("a string or large sparse value stays a Constant")
         try:
             dtype_to_elem_type(value.dtype)
         except (KeyError, TypeError, ValueError):
-            return m.fail(f"no ONNX element type for its numpy dtype {value.dtype}")
-        return m
+            raise Refuse(f"no ONNX element type for its numpy dtype {value.dtype}") from None
 
     def rewrite(self, g, m):
-        value = g.const(m["y"])
-        g.remove_node(m.root)
-        g.add_initializer(value, name=m["y"])
+        replacement = Replacement(remove=[m.root])
+        replacement.add_initializer(m["y"], g.const(m["y"]))
+        return replacement

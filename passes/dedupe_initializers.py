@@ -4,19 +4,20 @@ import hashlib
 
 import numpy as np
 
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.pipeline import GraphPass, register_pass
 
 
 @register_pass("dedupe-initializers", exact=True)
-class DedupeInitializers(Pass):
+class DedupeInitializers(GraphPass):
     """Make readers of byte-identical initializers share one copy.
 
     Candidates are grouped by element type and shape first, so only initializers that
-    could be equal are ever read (external weights stay unread otherwise).
+    could be equal are ever read (external weights stay unread otherwise). A GraphPass: the
+    grouping spans the whole initializer table, which no node pattern describes.
     """
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
+        stats = ctx.stats
         groups: dict[tuple, list[str]] = {}
         for name in g.removable_initializers():
             info = g.tensors[name]

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from optimizer.ir import elem_type_to_dtype
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
-from passes.fold_constants import ShapeFacts
+from optimizer.pattern import Match
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+from optimizer.values import elem_type_to_dtype
 
 #: Significand bits of each float type: an integer type converts to it exactly when it has no more bits.
 _SIGNIFICAND_BITS = {2: 11, 4: 24, 8: 53}
@@ -25,7 +25,7 @@ def widens_exactly(source: np.dtype, target: np.dtype) -> bool:
 
 
 @register_pass("eliminate-cancelling-chains", exact=True)
-class EliminateCancellingChains(Pass):
+class EliminateCancellingChains(RewritePass):
     """Chains that cancel or compose (Cast, Reshape, Transpose, Slice, Unsqueeze) and ops that change nothing go.
 
     - Cast(Cast(x, T1), T2) reads x directly when T1 holds every value of x's type exactly,
@@ -40,34 +40,29 @@ class EliminateCancellingChains(Pass):
       is its input's, and Concat of one input -> the input.
     - x*1, x/1, x-0 (and x+0 for integers, and x+(-0.0)) when the constant does not
       broaden x's static shape. x+(+0.0) stays for floats: it turns -0.0 into +0.0.
+
+    Nodes are visited in topological order, so a chain of three composes from its start
+    within one run. An op that is none of these forms is no match (and not counted).
     """
 
-    def run(self, g, stats):
-        shapes = ShapeFacts(g)
-        changed = False
-        for node in g.toposort():
-            rule = _RULES.get(node.op_type)
-            if rule is None or g.node(node.id) is None or node.domain not in ("", "ai.onnx"):
+    def matches(self, g, ctx):
+        for visited in g.toposort():
+            node = g.node(visited.id)  # the graph's own node: a rolled-back rewrite restores copies
+            if node is None or node.domain not in ("", "ai.onnx"):
                 continue
-            outcome = rule(g, node, shapes)
-            if outcome is None:
-                continue
-            stats.matches += 1
-            if isinstance(outcome, str):
-                stats.refuse(outcome)
-                continue
-            stats.rewrites += 1
-            changed = True
-        return changed
+            if _rule_for(g, node, ctx.shapes) is not None:
+                yield Match(nodes=[node])
+
+    def rewrite(self, g, m):
+        return _rule_for(g, m.root, m.shapes)(g, m.root, m.shapes)
 
 
-def _remove(g, node, input_index: int = 0):
-    """Bypass ``node`` (its output becomes its input): True, or the reason it cannot be."""
-    blocker = g.bypass_blocker(node, input_index)
-    if blocker:
-        return blocker
-    g.bypass(node, input_index)
-    return True
+def _rule_for(g, node, shapes):
+    """The rule for the form ``node`` has (the first form of its op type that applies), or None."""
+    for applies, rule in _FORMS.get(node.op_type, ()):
+        if applies(g, node, shapes):
+            return rule
+    return None
 
 
 def _producer_of(g, node, op_type: str):
@@ -80,6 +75,11 @@ def _producer_of(g, node, op_type: str):
     return producer if producer.outputs[0] == node.inputs[0] else None
 
 
+def _after(op_type: str):
+    """Applies when ``node`` reads the output of an ``op_type`` op."""
+    return lambda g, node, shapes: _producer_of(g, node, op_type) is not None
+
+
 def _elem_type(g, tensor: str) -> int:
     """A tensor's element type: from the tensor table, else from the Cast that produced it; 0 when unknown."""
     elem_type = g.tensor(tensor).elem_type
@@ -89,51 +89,53 @@ def _elem_type(g, tensor: str) -> int:
     return elem_type
 
 
-def _cast(g, node, shapes):
+def _read_through(g, node, x: str, *, identity: bool, attrs: dict | None = None) -> Replacement:
+    """``node`` reads ``x``, the start of the chain, instead of the inner op's output; it goes too when
+    the composed chain is the identity, unless its output is a graph output (then one op stays instead of two)."""
+    if identity and not g.is_graph_output(node.outputs[0]):
+        return Replacement(remove=[node], rename={node.outputs[0]: x})
+    replacement = Replacement()
+    replacement.replace(node, inputs=[x, *node.inputs[1:]], attrs=attrs)
+    return replacement
+
+
+def _bypass(g, node, shapes) -> Replacement:
+    return Replacement().bypass(node)
+
+
+def _casts_to_own_type(g, node, shapes) -> bool:
     source = _elem_type(g, node.inputs[0])
-    if source and source == node.attr("to"):
-        return _remove(g, node)
-    inner = _producer_of(g, node, "Cast")
-    if inner is None:
-        return None
+    return bool(source) and source == node.attr("to")
+
+
+def _compose_casts(g, node, shapes) -> Replacement:
+    inner = g.producer(node.inputs[0])
     x = inner.inputs[0]
     source, middle = elem_type_to_dtype(_elem_type(g, x)), elem_type_to_dtype(inner.attr("to", 0))
     if source is None or middle is None:
-        return "the element type of the first Cast's input is unknown"
+        raise Refuse("the element type of the first Cast's input is unknown")
     if not widens_exactly(source, middle):
-        return f"a cast from {source} to {middle} is not exact"
-    g.set_input(node, 0, x)
-    if _elem_type(g, x) == node.attr("to"):
-        _remove(g, node)  # a blocked bypass still leaves one Cast instead of two
-    return True
+        raise Refuse(f"a cast from {source} to {middle} is not exact")
+    return _read_through(g, node, x, identity=_elem_type(g, x) == node.attr("to"))
 
 
-def _reshape(g, node, shapes):
-    inner = _producer_of(g, node, "Reshape")
-    if inner is None:
-        return _unchanged_shape(g, node, shapes)
+def _compose_reshapes(g, node, shapes) -> Replacement:
     target = g.const(node.inputs[1])
     if target is None:
-        return "the outer Reshape's target is not constant"
+        raise Refuse("the outer Reshape's target is not constant")
     if (target == 0).any() and not node.attr("allowzero", 0):
-        return "the outer Reshape's target copies a dim (0) from its input"
-    g.set_input(node, 0, inner.inputs[0])
-    return True
+        raise Refuse("the outer Reshape's target copies a dim (0) from its input")
+    return _read_through(g, node, g.producer(node.inputs[0]).inputs[0], identity=False)
 
 
-def _transpose(g, node, shapes):
-    inner = _producer_of(g, node, "Transpose")
-    if inner is None:
-        return None
+def _compose_transposes(g, node, shapes) -> Replacement:
+    inner = g.producer(node.inputs[0])
     outer_perm, inner_perm = node.attr("perm"), inner.attr("perm")
     if outer_perm is None or inner_perm is None:
-        return "a Transpose without perm (reverse axes) needs the rank"
+        raise Refuse("a Transpose without perm (reverse axes) needs the rank")
     composed = [inner_perm[axis] for axis in outer_perm]
-    g.set_input(node, 0, inner.inputs[0])
-    g.set_attr(node, "perm", composed)
-    if composed == list(range(len(composed))):
-        _remove(g, node)  # blocked: one Transpose stays instead of two
-    return True
+    return _read_through(g, node, inner.inputs[0], identity=composed == list(range(len(composed))),
+                         attrs={"perm": composed})
 
 
 def _axes(g, node) -> list[int] | None:
@@ -146,46 +148,51 @@ def _axes(g, node) -> list[int] | None:
     return None
 
 
-def _squeeze(g, node, shapes):
+def _undoes_unsqueeze(g, node, shapes) -> bool:
     inner = _producer_of(g, node, "Unsqueeze")
-    if inner is not None:
-        axes, inner_axes = _axes(g, node), _axes(g, inner)
-        if axes is not None and inner_axes is not None and all(a >= 0 for a in axes + inner_axes) \
-                and sorted(axes) == sorted(inner_axes):
-            if g.is_graph_output(node.outputs[0]):
-                return "its output is a graph output"
-            g.replace_all_uses(node.outputs[0], inner.inputs[0])
-            g.remove_node(node)
-            return True
-    return _unchanged_shape(g, node, shapes)
+    if inner is None:
+        return False
+    axes, inner_axes = _axes(g, node), _axes(g, inner)
+    return axes is not None and inner_axes is not None and all(a >= 0 for a in axes + inner_axes) \
+        and sorted(axes) == sorted(inner_axes)
 
 
-def _unchanged_shape(g, node, shapes):
-    """A shape op whose static output shape is its input's is the identity on values."""
+def _drop_squeeze_of_unsqueeze(g, node, shapes) -> Replacement:
+    if g.is_graph_output(node.outputs[0]):
+        raise Refuse("its output is a graph output")
+    return Replacement(remove=[node], rename={node.outputs[0]: g.producer(node.inputs[0]).inputs[0]})
+
+
+def _keeps_shape(g, node, shapes) -> bool:
     before, after = shapes.of(node.inputs[0]), shapes.of(node.outputs[0])
-    if not _static(before) or not _static(after) or tuple(before) != tuple(after):
-        return None
+    return _static(before) and _static(after) and tuple(before) == tuple(after)
+
+
+def _drop_shape_op(g, node, shapes) -> Replacement:
+    """A shape op whose static output shape is its input's is the identity on values."""
     if node.op_type == "Slice" and len(node.inputs) > 4 and node.inputs[4]:
         steps = g.const(node.inputs[4])
         if steps is None or (steps != 1).any():
-            return "a Slice with a step other than 1 may reverse or skip elements"
-    return _remove(g, node)
+            raise Refuse("a Slice with a step other than 1 may reverse or skip elements")
+    return Replacement().bypass(node)
 
 
-def _slice(g, node, shapes):
-    inner = _producer_of(g, node, "Slice")
-    if inner is None or g.opset() < 10:
-        return _unchanged_shape(g, node, shapes)
+def _after_slice(g, node, shapes) -> bool:
+    return g.opset() >= 10 and _producer_of(g, node, "Slice") is not None
+
+
+def _compose_slices(g, node, shapes) -> Replacement:
+    inner = g.producer(node.inputs[0])
     outer, first = _slice_params(g, node, shapes), _slice_params(g, inner, shapes)
     if outer is None or first is None:
-        return "a Slice's starts, ends, axes or steps are not constant, or its rank is unknown"
+        raise Refuse("a Slice's starts, ends, axes or steps are not constant, or its rank is unknown")
     if set(outer[2]) & set(first[2]):
-        return "both Slices cut the same axis"
-    inputs = [inner.inputs[0]] + [g.add_initializer(np.concatenate([a, b]), name=g.fresh_name(f"{node.name}_{part}"))
-                                  for a, b, part in zip(first, outer, ("starts", "ends", "axes", "steps"))]
-    g.remove_node(node)
-    g.add_like(node, inputs=inputs)
-    return True
+        raise Refuse("both Slices cut the same axis")
+    replacement = Replacement()
+    params = [replacement.add_initializer(g.fresh_name(f"{node.name}_{part}"), np.concatenate([a, b]))
+              for a, b, part in zip(first, outer, ("starts", "ends", "axes", "steps"))]
+    replacement.replace(node, inputs=[inner.inputs[0], *params])
+    return replacement
 
 
 def _slice_params(g, node, shapes) -> list[np.ndarray] | None:
@@ -206,37 +213,56 @@ def _slice_params(g, node, shapes) -> list[np.ndarray] | None:
     return [starts.astype(np.int64), ends.astype(np.int64), axes, steps.astype(np.int64)]
 
 
-def _concat(g, node, shapes):
-    return _remove(g, node) if len([t for t in node.inputs if t]) == 1 else None
+def _single_input(g, node, shapes) -> bool:
+    return len([t for t in node.inputs if t]) == 1
 
 
 #: op -> (identity constant, may the constant be the first operand)
 _NEUTRAL = {"Mul": (1, True), "Div": (1, False), "Add": (0, True), "Sub": (0, False)}
 
 
-def _neutral_arithmetic(g, node, shapes):
+def _neutral_operand(g, node) -> int | None:
+    """The index of the first operand that is a constant all equal to the op's identity, or None."""
     identity, commutes = _NEUTRAL[node.op_type]
     for const_index in ((1, 0) if commutes else (1,)):
         value = g.const(node.inputs[const_index])
-        if value is None or value.size == 0 or not (value == identity).all():
-            continue
-        x_index = 1 - const_index
-        x, out = shapes.of(node.inputs[x_index]), shapes.of(node.outputs[0])
-        if not _static(x) or not _static(out) or tuple(x) != tuple(out):
-            return "the constant's broadcast may change the shape"
-        if node.op_type == "Add" and value.dtype.kind == "f" and not np.signbit(value).all():
-            return "x + 0.0 turns -0.0 into +0.0"
-        x_type, out_type = _elem_type(g, node.inputs[x_index]), _elem_type(g, node.outputs[0])
-        if x_type and out_type and x_type != out_type:
-            return "the element type would change"
-        return _remove(g, node, x_index)
+        if value is not None and value.size and (value == identity).all():
+            return const_index
     return None
+
+
+def _has_neutral_operand(g, node, shapes) -> bool:
+    return _neutral_operand(g, node) is not None
+
+
+def _drop_neutral_arithmetic(g, node, shapes) -> Replacement:
+    const_index = _neutral_operand(g, node)
+    value, x_index = g.const(node.inputs[const_index]), 1 - const_index
+    x, out = shapes.of(node.inputs[x_index]), shapes.of(node.outputs[0])
+    if not _static(x) or not _static(out) or tuple(x) != tuple(out):
+        raise Refuse("the constant's broadcast may change the shape")
+    if node.op_type == "Add" and value.dtype.kind == "f" and not np.signbit(value).all():
+        raise Refuse("x + 0.0 turns -0.0 into +0.0")
+    x_type, out_type = _elem_type(g, node.inputs[x_index]), _elem_type(g, node.outputs[0])
+    if x_type and out_type and x_type != out_type:
+        raise Refuse("the element type would change")
+    return Replacement().bypass(node, x_index)
 
 
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape)
 
 
-_RULES = {"Cast": _cast, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze,
-          "Flatten": _unchanged_shape, "Expand": _unchanged_shape,
-          "Slice": _slice, "Concat": _concat, **{op: _neutral_arithmetic for op in _NEUTRAL}}
+_SHAPE_UNCHANGED = (_keeps_shape, _drop_shape_op)
+#: op -> its forms in order of precedence: (applies(g, node, shapes), rule(g, node, shapes) -> Replacement)
+_FORMS = {
+    "Cast": [(_casts_to_own_type, _bypass), (_after("Cast"), _compose_casts)],
+    "Reshape": [(_after("Reshape"), _compose_reshapes), _SHAPE_UNCHANGED],
+    "Transpose": [(_after("Transpose"), _compose_transposes)],
+    "Squeeze": [(_undoes_unsqueeze, _drop_squeeze_of_unsqueeze), _SHAPE_UNCHANGED],
+    "Slice": [(_after_slice, _compose_slices), _SHAPE_UNCHANGED],
+    "Flatten": [_SHAPE_UNCHANGED],
+    "Expand": [_SHAPE_UNCHANGED],
+    "Concat": [(_single_input, _bypass)],
+    **{op: [(_has_neutral_operand, _drop_neutral_arithmetic)] for op in _NEUTRAL},
+}

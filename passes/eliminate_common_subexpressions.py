@@ -2,13 +2,14 @@
 
 import numpy as np
 
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.pattern import Match
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
 from passes.fold_constants import NONDETERMINISTIC
 
 
 @register_pass("eliminate-common-subexpressions", exact=True)
-class EliminateCommonSubexpressions(Pass):
+class EliminateCommonSubexpressions(RewritePass):
     """Nodes with the same op, domain, attributes and inputs compute the same values: keep the first.
 
     Nodes are visited in topological order and readers of a duplicate are rewired before
@@ -17,27 +18,29 @@ class EliminateCommonSubexpressions(Pass):
     subgraph or other non-plain attributes are never merged.
     """
 
-    def run(self, g, stats):
-        first: dict[tuple, object] = {}
-        changed = False
-        for node in g.toposort():
-            key = _key(node)
+    def matches(self, g, ctx):
+        """Each duplicate with the first node of its value (``nodes=[duplicate, kept]``).
+
+        A node's key is read when its turn comes, after the merges before it rewired its inputs.
+        """
+        first: dict[tuple, int] = {}  # key -> id of the node kept for it
+        for visited in g.toposort():
+            node = g.node(visited.id)  # the graph's own node: a rolled-back rewrite restores copies
+            key = None if node is None else _key(node)
             if key is None:
                 continue
-            keep = first.setdefault(key, node)
-            if keep is node:
-                continue
-            stats.matches += 1
-            if any(g.is_graph_output(out) for out in node.outputs if out):
-                stats.refuse("the duplicate's output is a graph output")
-                continue
-            for out, kept in zip(node.outputs, keep.outputs):
-                if out:
-                    g.replace_all_uses(out, kept)
-            g.remove_node(node)
-            stats.rewrites += 1
-            changed = True
-        return changed
+            kept = first.setdefault(key, node.id)
+            if kept != node.id:
+                yield Match(nodes=[node, g.node(kept)])
+
+    def check(self, g, m):
+        if any(g.is_graph_output(out) for out in m.root.outputs if out):
+            raise Refuse("the duplicate's output is a graph output")
+
+    def rewrite(self, g, m):
+        duplicate, kept = m.nodes
+        return Replacement(remove=[duplicate],
+                           rename={out: kept_out for out, kept_out in zip(duplicate.outputs, kept.outputs) if out})
 
 
 def _key(node) -> tuple | None:

@@ -1,14 +1,18 @@
 """Dead-node elimination."""
 
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.pipeline import GraphPass, register_pass
 
 
 @register_pass("eliminate-dead-nodes", exact=True)
-class EliminateDeadNodes(Pass):
-    """Remove nodes no graph output depends on."""
+class EliminateDeadNodes(GraphPass):
+    """Remove nodes no graph output depends on.
 
-    def run(self, g, stats):
+    A GraphPass: liveness is a property of the whole graph (one walk back from the outputs),
+    and removing one dead node makes its producers dead too.
+    """
+
+    def run(self, g, ctx):
+        stats = ctx.stats
         live = g.live_nodes()
         dead = [n for n in g.nodes if n.id not in live]
         stats.matches += len(dead)

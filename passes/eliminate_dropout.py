@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from optimizer.pattern import ANY, P
-from optimizer.pipeline import RewritePass
-from optimizer.registry import register_pass
+from optimizer.pattern import P
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
 
 
 @register_pass("eliminate-dropout", exact=True)
@@ -16,18 +16,16 @@ class EliminateDropout(RewritePass):
     def check(self, g, m):
         node = m.root
         if len(node.outputs) > 1 and node.outputs[1] and g.num_uses(node.outputs[1]):
-            return m.fail("its mask output is used")
+            raise Refuse("its mask output is used")
         opset = g.opset(node.domain)
         if opset < 7 and node.attr("is_test", 0) != 1:
-            return m.fail("it is in training mode (is_test=0)")
+            raise Refuse("it is in training mode (is_test=0)")
         if opset >= 12 and len(node.inputs) > 2 and node.inputs[2]:
             training = g.const(node.inputs[2])
             if training is None:
-                return m.fail("its training_mode input is not constant")
+                raise Refuse("its training_mode input is not constant")
             if np.any(training):
-                return m.fail("it is in training mode (training_mode=true)")
-        blocker = g.bypass_blocker(node)
-        return m.fail(blocker) if blocker else m
+                raise Refuse("it is in training mode (training_mode=true)")
 
     def rewrite(self, g, m):
-        g.bypass(m.root)
+        return Replacement().bypass(m.root)

@@ -1,8 +1,8 @@
 """Identity elimination."""
 
 from optimizer.pattern import P
-from optimizer.pipeline import RewritePass
-from optimizer.registry import register_pass
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Replacement
 
 
 @register_pass("eliminate-identity", exact=True)
@@ -11,9 +11,5 @@ class EliminateIdentity(RewritePass):
 
     pattern = P.Identity("x", out="y")
 
-    def check(self, g, m):
-        blocker = g.bypass_blocker(m.root)
-        return m.fail(blocker) if blocker else m
-
     def rewrite(self, g, m):
-        g.bypass(m.root)
+        return Replacement().bypass(m.root)

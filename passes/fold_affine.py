@@ -3,15 +3,15 @@
 import numpy as np
 
 from optimizer.pattern import P
-from optimizer.registry import register_pass
-from passes._affine import (ONNX_DOMAINS, FoldPass, absorb, absorb_blocker, out_channels, output_rank,
-                            replace_node)
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+from passes._affine import ONNX_DOMAINS, absorb, out_channels, output_rank, priced_fold, require_absorber
 
 NON_CHANNEL_REASON = "the constant varies along a non-channel axis"
 
 
 @register_pass("fold-affine", exact=True)
-class FoldAffine(FoldPass):
+class FoldAffine(RewritePass):
     """Mul/Add/Sub/Div/Sum by per-channel constants after a Conv/ConvTranspose/Gemm/BN -> folded into its parameters.
 
     y*c, y+c, y-c, c-y, y/c and Sum(y, c, ...) are y * s + t per channel. This is how
@@ -25,66 +25,62 @@ class FoldAffine(FoldPass):
 
     pattern = P.op("Mul|Add|Sub|Div|Sum", ...)
 
-    def candidates(self, g):
-        return [n for n in super().candidates(g) if n.domain in ONNX_DOMAINS and _operands(g, n) is not None]
+    def matches(self, g, ctx):
+        """Only ops with both constant and non-constant operands are candidates."""
+        return (m for m in super().matches(g, ctx) if _operands(g, m.root) is not None)
 
     def check(self, g, m):
-        node = m.root
-        data, consts = _operands(g, node)
-        reasons = []
-        for index in data:  # a Sum may have several: the first whose producer can absorb the constants
-            plan = self._plan(g, node, index, consts)
-            if isinstance(plan, str):
-                reasons.append(plan)
-                continue
-            m.plan = plan
-            return m
-        return m.fail(reasons[0])
+        _absorption(g, m)
 
     def rewrite(self, g, m):
-        node, (producer, s, t) = m.root, m.plan
+        node = m.root
+        producer, s, t = _absorption(g, m)
         data, _ = _operands(g, node)
+        replacement = Replacement(remove=[node])
         if len(data) == 1:
-            def fold_whole():
-                g.remove_node(node)
-                return [absorb(g, producer, s, t, node.outputs[0])]
-
-            self.fold(g, node, [producer, node], fold_whole)
+            absorb(g, replacement, producer, s, t, node.outputs[0])
         else:
-            def fold_constants_only():
-                new = absorb(g, producer, s, t, producer.outputs[0])
-                g.remove_node(node)
-                return [new, replace_node(g, node, [node.inputs[i] for i in data], node.outputs[0])]
+            absorb(g, replacement, producer, s, t, producer.outputs[0])
+            replacement.replace(node, inputs=[node.inputs[i] for i in data])
+        return priced_fold(g, m, replacement)
 
-            self.fold(g, node, [producer, node], fold_constants_only)
 
-    def _plan(self, g, node, index, consts):
-        """(producer, s, t) with node(y) = y * s + t per channel of the producer of input ``index``, or a reason."""
-        name = node.inputs[index]
-        producer = g.producer(name)
-        reason = "no Conv, ConvTranspose, Gemm or BatchNormalization produces its input" if producer is None \
-            else absorb_blocker(g, producer)
-        if reason:
-            return reason
-        if g.num_uses(name) > 1:
-            return f"{producer.op_type} output feeds other nodes too"
-        rank, channels = output_rank(producer, g, self.shapes(g)), out_channels(g, producer)
-        vectors = []
-        for i, value in consts:
-            vector = _channel_vector(value, rank, channels, _old_broadcast_axis(g, node, i, rank))
-            if isinstance(vector, str):
-                return vector
-            vectors.append(vector)
-        ones, zeros = np.ones(channels), np.zeros(channels)
-        if node.op_type == "Mul":
-            return producer, vectors[0], zeros
-        if node.op_type == "Div":
-            if not np.all(vectors[0]):
-                return "it divides by a zero constant"
-            return producer, 1.0 / vectors[0], zeros
-        if node.op_type == "Sub":
-            return (producer, ones, -vectors[0]) if index == 0 else (producer, -ones, vectors[0])
-        return producer, ones, np.sum(vectors, axis=0)  # Add, Sum
+def _absorption(g, m):
+    """(producer, s, t) with node(y) = y * s + t per channel of the producer of a data input: for a Sum
+    of several, the first whose producer can take the constants in; refuses with the first reason."""
+    node = m.root
+    data, consts = _operands(g, node)
+    refusals = []
+    for index in data:
+        try:
+            return _affine_of_input(g, m, index, consts)
+        except Refuse as refusal:
+            refusals.append(refusal)
+    raise refusals[0]
+
+
+def _affine_of_input(g, m, index, consts):
+    """(producer, s, t) with node(y) = y * s + t per channel of the producer of input ``index``."""
+    node = m.root
+    name = node.inputs[index]
+    producer = g.producer(name)
+    if producer is None:
+        raise Refuse("no Conv, ConvTranspose, Gemm or BatchNormalization produces its input")
+    require_absorber(g, producer)
+    if g.num_uses(name) > 1:
+        raise Refuse(f"{producer.op_type} output feeds other nodes too")
+    rank, channels = output_rank(g, producer, m), out_channels(g, producer)
+    vectors = [_channel_vector(value, rank, channels, _old_broadcast_axis(g, node, i, rank)) for i, value in consts]
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    if node.op_type == "Mul":
+        return producer, vectors[0], zeros
+    if node.op_type == "Div":
+        if not np.all(vectors[0]):
+            raise Refuse("it divides by a zero constant")
+        return producer, 1.0 / vectors[0], zeros
+    if node.op_type == "Sub":
+        return (producer, ones, -vectors[0]) if index == 0 else (producer, -ones, vectors[0])
+    return producer, ones, np.sum(vectors, axis=0)  # Add, Sum
 
 
 def _operands(g, node):
@@ -131,15 +127,15 @@ def _old_broadcast_axis(g, node, index, rank):
 
 
 def _channel_vector(value, rank, channels, axis=None):
-    """``value`` as a (channels,) vector when it broadcasts along the channel axis (1) only, else a reason."""
+    """``value`` as a (channels,) vector; refuses unless it broadcasts along the channel axis (1) only."""
     if rank is None:
         if value.size == 1 and value.ndim <= 2:  # any input of rank >= 2 keeps its shape
             return np.full(channels, float(value.reshape(())))
-        return "the rank of its input is unknown"
+        raise Refuse("the rank of its input is unknown")
     shape = value.shape if axis is None else (1,) * axis + value.shape + (1,) * (rank - axis - value.ndim)
     if len(shape) > rank:
-        return NON_CHANNEL_REASON
+        raise Refuse(NON_CHANNEL_REASON)
     shape = (1,) * (rank - len(shape)) + shape
     if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
-        return NON_CHANNEL_REASON
+        raise Refuse(NON_CHANNEL_REASON)
     return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,))

@@ -3,9 +3,11 @@
 import numpy as np
 
 from optimizer.pattern import P
-from optimizer.registry import register_pass
-from passes._affine import (ONNX_DOMAINS, FoldPass, absorb, absorb_blocker, bn_affine, bn_blocker, new_initializer,
-                            out_channels, param_name, replace_node)
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+from passes._affine import (ONNX_DOMAINS, absorb, bn_affine, new_parameter, out_channels, param_name, priced_fold,
+                            require_absorber, require_inference_bn)
+from passes._conv import pad_free
 
 #: Ops a BN after them folds into (BN's channel axis is their output channels).
 BEFORE_BN = ("Conv", "ConvTranspose", "Gemm")
@@ -13,7 +15,7 @@ PADDING_REASON = "the Conv pads its input, so the shift is not exact at the bord
 
 
 @register_pass("fold-batchnorm", exact=True)
-class FoldBatchNorm(FoldPass):
+class FoldBatchNorm(RewritePass):
     """BatchNormalization after a Conv/ConvTranspose/Gemm, or before an unpadded Conv -> rescaled weights and bias.
 
     Inference BN is y = x * s + t per channel (s = scale / sqrt(var + eps), t = bias - mean * s).
@@ -26,83 +28,80 @@ class FoldBatchNorm(FoldPass):
     pattern = P.BatchNormalization("x", "scale", "bias", "mean", "var", out="y")
 
     def check(self, g, m):
-        bn = m.root
-        reason = bn_blocker(g, bn)
-        if reason:
-            return m.fail(reason)
-        after = None
-        producer = g.producer(m["x"])
-        if producer is not None and producer.op_type in BEFORE_BN and producer.domain in ONNX_DOMAINS:
-            after = self._after_blocker(g, producer, bn)
-            if after is None:
-                m.bound_nodes["producer"] = producer
-                return m
-        before = self._before_blocker(g, bn)
-        return m if before is None else m.fail(after or before)
+        require_inference_bn(g, m.root)
+        _absorbing_producer(g, m)
 
     def rewrite(self, g, m):
         bn = m.root
         s, t = bn_affine(g, bn)
-        producer = m.bound_nodes.get("producer")
+        replacement = Replacement(remove=[bn])
+        producer = _absorbing_producer(g, m)
         if producer is not None:
-            def fold_after():
-                g.remove_node(bn)
-                return [absorb(g, producer, s, t, m["y"])]
-
-            self.fold(g, bn, [producer, bn], fold_after)
+            absorb(g, replacement, producer, s, t, m["y"])
         else:
-            convs = g.consumers(m["y"])
+            for conv in g.consumers(m["y"]):
+                _absorb_input(g, replacement, conv, s, t, m["x"])
+        return priced_fold(g, m, replacement)
 
-            def fold_before():
-                new = [self._absorb_input(g, conv, s, t, m["x"]) for conv in convs]
-                g.remove_node(bn)
-                return new
 
-            self.fold(g, bn, [bn, *convs], fold_before)
-
-    @staticmethod
-    def _after_blocker(g, producer, bn):
-        if g.num_uses(bn.inputs[0]) > 1:
-            return f"{producer.op_type} output feeds other nodes too"
-        reason = absorb_blocker(g, producer)
-        if reason:
-            return reason
-        if out_channels(g, producer) != g.const(bn.inputs[1]).shape[0]:
-            return f"BN and {producer.op_type} channel counts differ"
+def _absorbing_producer(g, m):
+    """The op before the BN that takes it in, or None when the Convs reading it do; refuses when neither
+    can (with the reason about the op before it, when there is one)."""
+    bn, producer = m.root, g.producer(m["x"])
+    if producer is None or producer.op_type not in BEFORE_BN or producer.domain not in ONNX_DOMAINS:
+        _require_conv_readers(g, bn)
         return None
-
-    @staticmethod
-    def _before_blocker(g, bn):
-        y = bn.outputs[0]
-        uses = g.uses(y)
-        if not uses or g.is_graph_output(y) \
-                or any(n.op_type != "Conv" or n.domain not in ONNX_DOMAINS or i != 0 for n, i in uses):
-            return "no Conv, ConvTranspose or Gemm before it and its readers are not all Convs"
-        channels = g.const(bn.inputs[1]).shape[0]
-        for conv, _ in uses:
-            if not g.all_constant(*conv.inputs[1:]):
-                return "Conv parameters are not constant"
-            auto_pad = conv.attr("auto_pad", "NOTSET")
-            if auto_pad in ("SAME_UPPER", "SAME_LOWER") or (auto_pad != "VALID" and any(conv.attr("pads") or ())):
-                return PADDING_REASON
-            if g.const(conv.inputs[1]).shape[1] * conv.attr("group", 1) != channels:
-                return "BN and Conv channel counts differ"
+    try:
+        _require_after(g, producer, bn)
+    except Refuse as after:
+        try:
+            _require_conv_readers(g, bn)
+        except Refuse:
+            raise after from None
         return None
+    return producer
 
-    @staticmethod
-    def _absorb_input(g, conv, s, t, x):
-        """Conv(BN(x)) as one Conv of x; input channel c of a grouped Conv's output o is W[o, c - group(o) * Cin/g]."""
-        w = g.const(conv.inputs[1])
-        group, (cout, cin_group) = conv.attr("group", 1), w.shape[:2]
 
-        def per_weight(v):  # (Cin,) -> broadcastable against W: (Cout, Cin/group, 1, ...)
-            v = np.repeat(np.broadcast_to(v, (group * cin_group,)).reshape(group, 1, cin_group), cout // group, axis=1)
-            return v.reshape((cout, cin_group) + (1,) * (w.ndim - 2))
+def _require_after(g, producer, bn):
+    """Refuses unless the BN can fold into ``producer``, the op before it."""
+    if g.num_uses(bn.inputs[0]) > 1:
+        raise Refuse(f"{producer.op_type} output feeds other nodes too")
+    require_absorber(g, producer)
+    if out_channels(g, producer) != g.const(bn.inputs[1]).shape[0]:
+        raise Refuse(f"BN and {producer.op_type} channel counts differ")
 
-        w64 = w.astype(np.float64)
-        b = g.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(cout)
-        shift = b.astype(np.float64) + (w64 * per_weight(t)).sum(axis=tuple(range(1, w.ndim)))
-        names = [new_initializer(g, w64 * per_weight(s), w.dtype, conv.inputs[1]),
-                 new_initializer(g, shift, w.dtype, param_name(conv, 2, "b"))]
-        g.remove_node(conv)
-        return replace_node(g, conv, [x, *names], conv.outputs[0])
+
+def _require_conv_readers(g, bn):
+    """Refuses unless every reader of the BN is an unpadded Conv with constant parameters that can take it in."""
+    y = bn.outputs[0]
+    uses = g.uses(y)
+    if not uses or g.is_graph_output(y) \
+            or any(n.op_type != "Conv" or n.domain not in ONNX_DOMAINS or i != 0 for n, i in uses):
+        raise Refuse("no Conv, ConvTranspose or Gemm before it and its readers are not all Convs")
+    channels = g.const(bn.inputs[1]).shape[0]
+    for conv, _ in uses:
+        if not g.all_constant(*conv.inputs[1:]):
+            raise Refuse("Conv parameters are not constant")
+        w_shape = g.const(conv.inputs[1]).shape
+        if not pad_free(conv.attrs, w_shape[2:]):
+            raise Refuse(PADDING_REASON)
+        if w_shape[1] * conv.attr("group", 1) != channels:
+            raise Refuse("BN and Conv channel counts differ")
+
+
+def _absorb_input(g, r, conv, s, t, x):
+    """Add to ``r``: Conv(BN(x)) as one Conv of x; input channel c of a grouped Conv's output o is
+    W[o, c - group(o) * Cin/g]."""
+    w = g.const(conv.inputs[1])
+    group, (cout, cin_group) = conv.attr("group", 1), w.shape[:2]
+
+    def per_weight(v):  # (Cin,) -> broadcastable against W: (Cout, Cin/group, 1, ...)
+        v = np.repeat(np.broadcast_to(v, (group * cin_group,)).reshape(group, 1, cin_group), cout // group, axis=1)
+        return v.reshape((cout, cin_group) + (1,) * (w.ndim - 2))
+
+    w64 = w.astype(np.float64)
+    b = g.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(cout)
+    shift = b.astype(np.float64) + (w64 * per_weight(t)).sum(axis=tuple(range(1, w.ndim)))
+    names = [new_parameter(g, r, w64 * per_weight(s), w.dtype, conv.inputs[1]),
+             new_parameter(g, r, shift, w.dtype, param_name(conv, 2, "b"))]
+    r.replace(conv, inputs=[x, *names])

@@ -1,15 +1,10 @@
 """Constant folding on the reference executor."""
 
-from types import SimpleNamespace
-
 import numpy as np
 
-from optimizer.cost import infer_shapes
-from optimizer.errors import NinoptError
-from optimizer.executor import default_max_tensor_bytes
-from optimizer.executor.registry import NodeContext, lookup
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.executor import KernelError, ResourceLimitError, default_max_tensor_bytes, has_kernel, run_node
+from optimizer.pipeline import GraphPass, register_pass
+from optimizer.rewrite import Replacement, apply_replacement
 
 #: Ops whose result is not a function of their inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -17,7 +12,7 @@ NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Random
 
 
 @register_pass("fold-constants", exact=True)
-class FoldConstants(Pass):
+class FoldConstants(GraphPass):
     """Replace nodes whose inputs are all constant (or whose shape is static) by initializers.
 
     Shape arithmetic folds as far as the shapes are static: a Shape/Size of a tensor whose
@@ -27,15 +22,18 @@ class FoldConstants(Pass):
     ordinary constants. This turns the light zoo's ConstantOfShape weights into initializers later passes can
     read. ``max_bytes`` caps any one folded tensor: kernels refuse before allocating more, so
     folding never materializes huge tensors (a ConstantOfShape of 10^12 elements stays a node).
+
+    A GraphPass: one walk in topological order folds whole constant subgraphs, each fold making
+    its readers foldable, so one fold has no meaning alone (and rolling back thousands of single
+    folds one by one under --verify-each-pass would copy the graph thousands of times).
     """
 
     max_bytes = 64 << 20
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
+        stats, shapes = ctx.stats, ctx.shapes
         changed = False
         cap = min(self.max_bytes, default_max_tensor_bytes())  # --max-tensor-bytes can only lower it
-        limits = SimpleNamespace(max_tensor_bytes=cap)
-        shapes = ShapeFacts(g)
         for node in g.toposort():
             if node.op_type in NONDETERMINISTIC or node.op_type == "Constant" or node.implicit_inputs \
                     or any(not isinstance(v, (int, float, str, list, np.ndarray)) for v in node.attrs.values()):
@@ -48,18 +46,18 @@ class FoldConstants(Pass):
             if any(g.is_graph_output(out) for out in node.outputs):
                 stats.refuse("its output is a graph output")
                 continue
-            spec = lookup(node.domain, node.op_type, g.opset(node.domain))
-            if spec is None or (spec.check is not None and spec.check(node, g.opset(node.domain))):
+            if not has_kernel(node, g.opset(node.domain)):
                 stats.refuse(f"the executor has no kernel for {node.op_type}")
                 continue
             try:
-                with np.errstate(all="ignore"):
-                    inputs = values if values is not None else shape_pick[0]
-                    result = spec.fn(NodeContext(node, g.opset(node.domain), limits), *inputs)
-            except NinoptError:
+                inputs = values if values is not None else shape_pick[0]
+                results = run_node(node, inputs, g.opset(node.domain), max_tensor_bytes=cap)
+            except ResourceLimitError:
                 stats.refuse(f"folding it would allocate more than the cap of {cap:,} bytes")
                 continue
-            results = result if isinstance(result, tuple) else (result,)
+            except KernelError:  # e.g. an index out of range: left for the runtime to report
+                stats.refuse(f"the executor's {node.op_type} kernel fails on these constant inputs")
+                continue
             outputs = [(name, np.asarray(value)) for name, value in zip(node.outputs, results) if name]
             if shape_pick is not None:  # the kernel picked positions of the shape; read the dims there
                 dims = shape_pick[1]
@@ -72,11 +70,9 @@ class FoldConstants(Pass):
             if any(value.nbytes > cap for _, value in outputs):
                 stats.refuse("a folded tensor would exceed the size cap")
                 continue
-            g.remove_node(node)
-            for name, value in outputs:
-                if g.num_uses(name):
-                    # np.asarray keeps a 0-d result 0-d (np.ascontiguousarray would make it 1-d)
-                    g.add_initializer(np.asarray(value, order="C"), name=name)
+            # np.asarray keeps a 0-d result 0-d (np.ascontiguousarray would make it 1-d)
+            apply_replacement(g, Replacement(remove=[node], initializers={
+                name: np.asarray(value, order="C") for name, value in outputs if g.num_uses(name)}))
             stats.rewrites += 1
             changed = True
         return changed
@@ -118,23 +114,3 @@ def _shape_window(g, node) -> slice:
     if g.opset(node.domain) < 15:
         return slice(None)
     return slice(node.attr("start", 0), node.attr("end"))
-
-
-class ShapeFacts:
-    """Shapes for folding: the tensor table's when static, else shape inference's (run once, on first need).
-
-    Folding never changes a tensor's shape, so one inference per run stays true while the run rewrites.
-    """
-
-    def __init__(self, g):
-        self._g = g
-        self._inferred = None
-
-    def of(self, name: str):
-        shape = self._g.shape(name)
-        if shape is not None and all(isinstance(d, int) for d in shape):
-            return shape
-        if self._inferred is None:
-            self._inferred = infer_shapes(self._g)
-        inferred = self._inferred.get(name)
-        return shape if inferred is None else inferred  # () is a known shape

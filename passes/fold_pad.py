@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from optimizer.pattern import P
-from optimizer.pipeline import RewritePass
-from optimizer.registry import register_pass
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
 
 
-def pad_amounts(g, pad, rank: int) -> tuple[list[int], float] | str:
-    """(pads over all ``rank`` axes as begins + ends, pad value) of a constant-mode Pad, or why unknown.
+def pad_amounts(g, pad, rank: int) -> tuple[list[int], float]:
+    """(pads over all ``rank`` axes as begins + ends, pad value) of a constant-mode Pad; refuses when unknown.
 
     Before opset 11 pads and value are attributes (``paddings`` in opset 1); from 11 they are
     inputs, and opset 18 adds an optional ``axes`` input naming the padded axes.
@@ -19,7 +19,7 @@ def pad_amounts(g, pad, rank: int) -> tuple[list[int], float] | str:
         return [int(p) for p in amounts], float(pad.attr("value", 0.0))
     inputs = list(pad.inputs) + [""] * (4 - len(pad.inputs))
     if not g.all_constant(*inputs[1:]):
-        return "the pads, pad value or axes are not constant"
+        raise Refuse("the pads, pad value or axes are not constant")
     amounts = [int(p) for p in g.const(inputs[1]).reshape(-1)]
     value = g.const(inputs[2]) if inputs[2] else None
     value = 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])
@@ -48,39 +48,33 @@ class FoldPad(RewritePass):
 
     def check(self, g, m):
         pad, reader = m.node("pad"), m.node("reader")
-        if g.num_uses(m["padded"]) != 1:
-            return m.fail("the padded tensor has other readers or is a graph output")
         if reader.op_type == "MaxPool":
-            return m.fail("MaxPool pads with -inf, so a zero Pad cannot move into it")
+            raise Refuse("MaxPool pads with -inf, so a zero Pad cannot move into it")
         mode = pad.attr("mode", "constant")
         if mode != "constant":
-            return m.fail(f"the Pad's mode is {mode}, not constant zeros")
+            raise Refuse(f"the Pad's mode is {mode}, not constant zeros")
         if reader.op_type == "AveragePool" and not reader.attr("count_include_pad", 0):
-            return m.fail("AveragePool leaves its pads out of the average (count_include_pad=0)")
+            raise Refuse("AveragePool leaves its pads out of the average (count_include_pad=0)")
         if reader.attr("ceil_mode", 0):
-            return m.fail("ceil_mode pooling: moving the pad could change the output size")
+            raise Refuse("ceil_mode pooling: moving the pad could change the output size")
         if reader.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            return m.fail(f"the {reader.op_type} uses auto_pad {reader.attr('auto_pad')}")
+            raise Refuse(f"the {reader.op_type} uses auto_pad {reader.attr('auto_pad')}")
         rank = self._rank(g, reader)
         if rank is None:
-            return m.fail(f"the {reader.op_type}'s rank is unknown")
-        amounts = pad_amounts(g, pad, rank)
-        if isinstance(amounts, str):
-            return m.fail(amounts)
-        pads, value = amounts
+            raise Refuse(f"the {reader.op_type}'s rank is unknown")
+        pads, value = pad_amounts(g, pad, rank)
         if value != 0.0:
-            return m.fail(f"the Pad's value is {value:g}, not zero")
+            raise Refuse(f"the Pad's value is {value:g}, not zero")
         if len(pads) != 2 * rank:
-            return m.fail("the Pad's rank does not match its reader's")
+            raise Refuse("the Pad's rank does not match its reader's")
         if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
-            return m.fail("the Pad pads the batch or channel axis")
+            raise Refuse("the Pad pads the batch or channel axis")
         if min(pads) < 0:
-            return m.fail("the Pad crops (negative pads)")
+            raise Refuse("the Pad crops (negative pads)")
         if reader.op_type == "AveragePool":
             kernel = reader.attr("kernel_shape")
             if any(p >= kernel[i % len(kernel)] for i, p in enumerate(self._merged_pads(reader, pads, rank))):
-                return m.fail("the AveragePool's pads would reach its kernel size, which runtimes refuse")
-        return m
+                raise Refuse("the AveragePool's pads would reach its kernel size, which runtimes refuse")
 
     @staticmethod
     def _merged_pads(reader, added: list[int], rank: int) -> list[int]:
@@ -102,8 +96,9 @@ class FoldPad(RewritePass):
         rank = self._rank(g, reader)
         added, _ = pad_amounts(g, pad, rank)
         pads = self._merged_pads(reader, added, rank)
+        changes = {"pads": pads}
         if reader.attr("auto_pad", "NOTSET") == "VALID":  # VALID ignores any pads attribute
-            g.set_attr(reader, "auto_pad", None)
-        g.set_attr(reader, "pads", pads)
-        g.set_input(reader, 0, m["x"])
-        g.remove_node(pad)
+            changes["auto_pad"] = None
+        replacement = Replacement(remove=[pad])
+        replacement.replace(reader, inputs=[m["x"], *reader.inputs[1:]], attrs=changes)
+        return replacement

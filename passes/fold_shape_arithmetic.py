@@ -2,16 +2,16 @@
 
 import numpy as np
 
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
-from passes.fold_constants import ShapeFacts
+from optimizer.pattern import P
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
 
 #: Casts a dim survives unchanged (a dim below 2**31 is the same int32 or int64 value).
 _INTEGER_TYPES = {6, 7}  # TensorProto.INT32, TensorProto.INT64
 
 
 @register_pass("fold-shape-arithmetic", exact=True)
-class FoldShapeArithmetic(Pass):
+class FoldShapeArithmetic(RewritePass):
     """Reshape(x, Concat(Shape(x)[0], ..., 512)) -> Reshape(x, [0, ..., 512]).
 
     Exporters build a Reshape's target from the dims of its own input that stay dynamic
@@ -22,39 +22,37 @@ class FoldShapeArithmetic(Pass):
     whose dim is static fold to it. A symbolic dim read at another position stays.
     """
 
-    def run(self, g, stats):
-        shapes = ShapeFacts(g)
-        changed = False
-        for node in g.toposort():
-            if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2 \
-                    or g.is_const(node.inputs[1]):
-                continue
-            entries = _dim_sources(g, node.inputs[1], shapes)
-            if entries is None:
-                continue
-            stats.matches += 1
-            if node.attr("allowzero", 0):
-                stats.refuse("with allowzero=1 a 0 in the target means an empty dim, not a copy")
-                continue
-            x = node.inputs[0]
-            target = []
-            for position, entry in enumerate(entries):
-                if isinstance(entry, int):
-                    target.append(entry)
-                elif entry == (x, position):
-                    target.append(0)
-                else:
-                    dim = _dim(shapes, *entry)
-                    if dim is None:
-                        break
-                    target.append(dim)
-            if len(target) != len(entries):
-                stats.refuse("the target reads a symbolic dim at another position or of another tensor")
-                continue
-            g.set_input(node, 1, g.add_initializer(np.array(target, np.int64), name=g.fresh_name("shape")))
-            stats.rewrites += 1
-            changed = True
-        return changed
+    pattern = P.Reshape("x", "target", ..., out="y")
+
+    def check(self, g, m):
+        if m.root.attr("allowzero", 0):
+            raise Refuse("with allowzero=1 a 0 in the target means an empty dim, not a copy")
+
+    def matches(self, g, ctx):
+        """Only Reshapes whose computed target is made of dims and constants are candidates."""
+        for m in super().matches(g, ctx):
+            node = m.root
+            if node.domain in ("", "ai.onnx") and len(node.inputs) > 1 and not g.is_const(node.inputs[1]) \
+                    and _dim_sources(g, node.inputs[1], ctx.shapes) is not None:
+                yield m
+
+    def rewrite(self, g, m):
+        entries = _dim_sources(g, m["target"], m.shapes)
+        target = []
+        for position, entry in enumerate(entries):
+            if isinstance(entry, int):
+                target.append(entry)
+            elif entry == (m["x"], position):
+                target.append(0)
+            else:
+                dim = _dim(m.shapes, *entry)
+                if dim is None:
+                    raise Refuse("the target reads a symbolic dim at another position or of another tensor")
+                target.append(dim)
+        replacement = Replacement()
+        shape = replacement.add_initializer(g.fresh_name("shape"), np.array(target, np.int64))
+        replacement.replace(m.root, inputs=[m["x"], shape, *m.root.inputs[2:]])
+        return replacement
 
 
 def _dim(shapes, tensor: str, index: int) -> int | None:

@@ -5,34 +5,31 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer.pattern import Opt, P
-from optimizer.pipeline import RewritePass
-from optimizer.registry import register_pass
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
 
 DOMAIN = "com.microsoft"
 _FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
-@register_pass("fuse-conv-activation", exact=True, default=False)
+@register_pass("fuse-conv-activation", exact=True)
 class FuseConvActivation(RewritePass):
     """Conv + Relu/Clip/LeakyRelu/Sigmoid/HardSigmoid/Tanh -> com.microsoft FusedConv (onnxruntime only).
 
     The fused node computes the same conv and applies the same activation, so the result is
-    exact; only onnxruntime (and ninopt's executor) run it, hence not a default pass.
+    exact; only onnxruntime (and ninopt's executor) run it, hence only in the ``onnxruntime`` pipeline.
     """
 
     pattern = P.op("Relu|Clip|LeakyRelu|Sigmoid|HardSigmoid|Tanh", P.Conv("x", "w", Opt("b"), out="y"), ...,
                    node="act")
 
     def check(self, g, m):
-        if g.num_uses(m["y"]) > 1:
-            return m.fail("the conv output has other readers than the activation")
         dtype = _dtype(g, m["w"])
         dtype = _dtype(g, m["x"]) if dtype is None else dtype
         if dtype != np.float32:
-            return m.fail("FusedConv runs float32 only and the conv's element type is "
+            raise Refuse("FusedConv runs float32 only and the conv's element type is "
                           + ("unknown" if dtype is None else str(dtype)))
-        params = activation_params(g, m.node("act"))
-        return m.fail(params) if isinstance(params, str) else m
+        activation_params(g, m.node("act"))
 
     def rewrite(self, g, m):
         conv, act = m.node("Conv"), m.node("act")
@@ -41,13 +38,13 @@ class FuseConvActivation(RewritePass):
         if params:
             attrs["activation_params"] = params
         inputs = [m["x"], m["w"]] + ([m["b"]] if m["b"] else [])
-        g.remove_nodes([act, conv])
-        g.add_node("FusedConv", inputs, [act.outputs[0]], attrs, name=conv.name or None, domain=DOMAIN)
-        g.opsets.setdefault(DOMAIN, 1)
+        replacement = Replacement(remove=[act, conv], opsets={DOMAIN: 1})
+        replacement.add_node("FusedConv", inputs, [act.outputs[0]], attrs, name=conv.name or None, domain=DOMAIN)
+        return replacement
 
 
-def activation_params(g, act) -> list[float] | str:
-    """FusedConv's ``activation_params`` for an activation node, or the reason it cannot be fused."""
+def activation_params(g, act) -> list[float]:
+    """FusedConv's ``activation_params`` for an activation node; refuses when they are not constant scalars."""
     if act.op_type == "LeakyRelu":
         return [float(act.attr("alpha", 0.01))]
     if act.op_type == "HardSigmoid":
@@ -63,9 +60,9 @@ def activation_params(g, act) -> list[float] | str:
             continue
         value = g.const(name)
         if value is None:
-            return "Clip bounds are not constant"
+            raise Refuse("Clip bounds are not constant")
         if value.size != 1:
-            return "Clip bounds are not scalars"
+            raise Refuse("Clip bounds are not scalars")
         bounds.append(float(value.reshape(())))
     return bounds
 

@@ -7,18 +7,19 @@ from typing import Mapping
 import numpy as np
 
 from optimizer.bottleneck import insert_bottlenecks
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.decisions import BottleneckDecision
+from optimizer.pipeline import GraphPass, register_pass
 
 
-@register_pass("insert-bottleneck", exact=False, default=False)
-class InsertBottleneck(Pass):
+@register_pass("insert-bottleneck", exact=False)
+class InsertBottleneck(GraphPass):
     """Insert 1x1 channel bottlenecks in Conv/Gemm layers wider than their information (approximate, budgeted).
 
     ``max_error`` bounds max|d| / max|y| at every model output over the calibration inputs
     (``calibration``: input name -> samples along the leading axis; None: seeded random inputs).
     ``relu_bottleneck`` puts a ReLU after each inserted 1x1 (exact CReLU where still below
-    break-even, else measured). Each considered layer lands in ``stats.decisions``.
+    break-even, else measured). Each considered layer lands in ``stats.decisions``. A GraphPass:
+    the budget is spent over the whole model at once, so a single layer's rewrite has no meaning alone.
 
     Within one pipeline run the pass works once: a later sweep that finds the graph as the pass
     left it does nothing, so the budget is not spent twice against a moving reference.
@@ -38,15 +39,16 @@ class InsertBottleneck(Pass):
                 setattr(self, key, value)
         self._left: tuple[int, int] | None = None  # (id of graph, version) this pass last left
 
-    def run(self, g, stats) -> bool:
+    def run(self, g, ctx) -> bool:
         if self._left == (id(g), g.version):
             return False
         result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
                                     relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples)
+        stats = ctx.stats
         for row in result.rows:
             stats.matches += 1
-            stats.decisions.append({**row, "model_error": result.error, "max_error": self.max_error,
-                                    "evidence": result.evidence})
+            stats.decisions.append(BottleneckDecision(**row, model_error=result.error, max_error=self.max_error,
+                                                      evidence=result.evidence))
             if row["applied"]:
                 stats.rewrites += 1
             else:

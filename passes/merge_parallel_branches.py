@@ -14,15 +14,18 @@ identity convolution of ``x``. Branches of the same source are padded to the lar
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from optimizer.cost import infer_shapes, node_macs
+from optimizer.cost import node_macs
+from optimizer.decisions import BranchMerge
 from optimizer.ir import Graph, Node
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
-from passes._affine import bn_affine, bn_blocker
+from optimizer.pattern import Match
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+from passes._affine import bn_affine, require_inference_bn
+from passes._conv import conv_macs, dense_weight, spatial_attrs
 
 #: How many linear ops a branch may chain (BN after a 1x1 -> BN -> KxK is 4).
 MAX_CHAIN = 4
@@ -82,18 +85,20 @@ def _identity(t: str) -> Branch:
     return Branch(t, (1, 1), lambda: (np.ones((1, 1)), np.zeros(1)), diagonal=True)
 
 
-def _ungroup(weight: np.ndarray, group: int) -> np.ndarray:
-    """A grouped kernel (Cout, Cin/group, *k) as the dense block-diagonal (Cout, Cin, *k)."""
-    cout, cin_g = weight.shape[:2]
-    dense = np.zeros((cout, cin_g * group) + weight.shape[2:])
-    step = cout // group
-    for i in range(group):
-        dense[i * step:(i + 1) * step, i * cin_g:(i + 1) * cin_g] = weight[i * step:(i + 1) * step]
-    return dense
+@dataclass
+class SumTree:
+    """A sum of summands read as branches: ``tree`` its Add/Sum nodes (root first), ``terms`` its
+    summands, ``readings[i]`` every way to read ``terms[i]`` as a Branch (deepest source first),
+    and ``fails[i]`` the deeper readings that were impossible, as (sources they would have had, reason)."""
+
+    tree: list[Node]
+    terms: list[str]
+    readings: list[list[Branch]]
+    fails: list[list[tuple[set[str], str]]]
 
 
 @register_pass("merge-parallel-branches", exact=True)
-class MergeParallelBranches(Pass):
+class MergeParallelBranches(RewritePass):
     """Sum of Conv/BN/identity/avg-pool branches of one tensor -> one Conv (RepVGG, ACNet, DBB, MobileOne).
 
     Applies per group of branches sharing a source when the merged KxK costs no more MACs
@@ -101,43 +106,32 @@ class MergeParallelBranches(Pass):
     merge always has fewer nodes.
     """
 
-    def run(self, g: Graph, stats) -> bool:
-        changed = False
-        shapes: dict | None = None
+    def matches(self, g: Graph, ctx) -> Iterator[Match]:
+        """The roots of sum trees with a convolution among their summands, each read when reached,
+        so a root an earlier rewrite of the run replaced is skipped."""
         for root in [n for n in g.nodes if self._is_sum(g, n)]:
-            if g.node(root.id) is not root or not self._is_root(g, root):
-                continue
-            tree, terms = self._flatten(g, root)
-            if len(terms) < 2:
-                continue
-            fails: list[list[tuple[set[str], str]]] = [[] for _ in terms]
-            readings = [self._readings(g, t, fails[i], MAX_CHAIN) for i, t in enumerate(terms)]
-            reasons = self._relevant(readings, fails)
-            if not reasons and all(b.diagonal for rs in readings for b in rs):
-                continue  # a sum of activations: nothing convolutional to merge
-            stats.matches += 1
-            accepted: list[tuple[list[int], Branch]] = []
-            refused = False
-            for members in self._group(readings):
-                branches = [readings[i][0] for i in members]
+            if g.node(root.id) is root and self._is_root(g, root):
+                found = self._read(g, root)
+                if found is not None:
+                    yield Match(bound_nodes={"root": root}, nodes=found.tree)
+
+    def rewrite(self, g: Graph, m: Match) -> Replacement:
+        found = self._read(g, m.root)
+        accepted: list[tuple[list[int], Branch, BranchMerge]] = []
+        refusals: list[Refuse] = []
+        for members in self._group(found.readings):
+            branches = [found.readings[i][0] for i in members]
+            try:
                 merged = self._merge(branches)
-                if not isinstance(merged, str):
-                    if shapes is None:
-                        shapes = infer_shapes(g, self._pins(g))
-                    merged = self._price(g, root, branches, merged, terms[members[0]], shapes, stats) or merged
-                if isinstance(merged, str):
-                    stats.refuse(merged)
-                    refused = True
-                else:
-                    accepted.append((members, merged))
-            if not accepted:
-                if not refused:
-                    stats.refuse(reasons[0] if reasons else "branches read different tensors")
-                continue
-            self._rewrite(g, root, tree, terms, accepted)
-            stats.rewrites += 1
-            changed = True
-        return changed
+                accepted.append((members, merged, self._price(g, m, branches, merged, found.terms[members[0]])))
+            except Refuse as refusal:
+                refusals.append(refusal)
+        if not accepted:
+            if refusals:
+                raise refusals[0]
+            reasons = self._relevant(found.readings, found.fails)
+            raise Refuse(reasons[0] if reasons else "branches read different tensors")
+        return self._replacement(g, m.root, found, accepted)
 
     # ------------------------------------------------------------------ the sum
     @staticmethod
@@ -167,6 +161,17 @@ class MergeParallelBranches(Pass):
                 terms.append(t)
         return tree, terms
 
+    def _read(self, g: Graph, root: Node) -> SumTree | None:
+        """The sum tree at ``root`` with its summands read, or None when there is nothing convolutional to merge."""
+        tree, terms = self._flatten(g, root)
+        if len(terms) < 2:
+            return None
+        fails: list[list[tuple[set[str], str]]] = [[] for _ in terms]
+        readings = [self._readings(g, t, fails[i], MAX_CHAIN) for i, t in enumerate(terms)]
+        if all(b.diagonal for rs in readings for b in rs) and not self._relevant(readings, fails):
+            return None  # a sum of activations
+        return SumTree(tree, terms, readings, fails)
+
     # ------------------------------------------------------------------ reading branches
     def _readings(self, g: Graph, t: str, fails: list, depth: int) -> list[Branch]:
         """Every way to read ``t`` as a Branch, deepest source first; the last is the identity of ``t``.
@@ -182,17 +187,19 @@ class MergeParallelBranches(Pass):
             if g.num_uses(t) != 1:
                 fails.append(({b.src for b in inner}, "a branch output has another reader"))
             elif node.op_type == "BatchNormalization":
-                blocker = bn_blocker(g, node)
-                if blocker:
-                    fails.append(({b.src for b in inner}, blocker))
+                try:
+                    require_inference_bn(g, node)
+                except Refuse as refusal:
+                    fails.append(({b.src for b in inner}, refusal.reason))
                 else:
                     fails += inner_fails
                     scale, shift = bn_affine(g, node)
                     found = [b.affine(scale, shift, node) for b in inner]
             else:
-                branch = (self._conv if node.op_type == "Conv" else self._pool)(g, node)
-                if isinstance(branch, str):
-                    fails.append(({b.src for b in inner}, branch))
+                try:
+                    branch = (self._conv if node.op_type == "Conv" else self._pool)(g, node)
+                except Refuse as refusal:
+                    fails.append(({b.src for b in inner}, refusal.reason))
                 else:
                     composed = [self._compose(branch, b, fails) for b in inner[:-1]] if node.op_type == "Conv" else []
                     found = [c for c in composed if c] + [branch]
@@ -208,23 +215,14 @@ class MergeParallelBranches(Pass):
         return reasons
 
     @staticmethod
-    def _spatial(node: Node, nd: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | str:
-        auto_pad = node.attr("auto_pad", "NOTSET")
-        if auto_pad not in ("NOTSET", "VALID"):
-            return f"auto_pad {auto_pad} is not supported"
-        pads = (0,) * (2 * nd) if auto_pad == "VALID" else tuple(node.attr("pads") or (0,) * (2 * nd))
-        return (tuple(node.attr("strides") or (1,) * nd), tuple(node.attr("dilations") or (1,) * nd), pads)
-
-    def _conv(self, g: Graph, node: Node) -> Branch | str:
+    def _conv(g: Graph, node: Node) -> Branch:
         w, b = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else ""
         if not g.all_constant(w, b):
-            return "branch weights are not constant"
+            raise Refuse("branch weights are not constant")
         shape, dtype = g.shape(w), g.tensor(w).dtype
         if dtype is None or dtype.kind != "f" or shape is None or len(shape) < 3:
-            return "branch weights are not a float convolution kernel"
-        spatial = self._spatial(node, len(shape) - 2)
-        if isinstance(spatial, str):
-            return spatial
+            raise Refuse("branch weights are not a float convolution kernel")
+        spatial = spatial_attrs(node.attrs, len(shape) - 2)
 
         def params():
             weight = np.asarray(g.const(w), np.float64)
@@ -233,15 +231,14 @@ class MergeParallelBranches(Pass):
         return Branch(node.inputs[0], tuple(shape), params, int(node.attr("group", 1)), *spatial, nodes=[node],
                       dtype=dtype)
 
-    def _pool(self, g: Graph, node: Node) -> Branch | str:
+    @staticmethod
+    def _pool(g: Graph, node: Node) -> Branch:
         kernel = tuple(node.attr("kernel_shape") or ())
-        spatial = self._spatial(node, len(kernel))
-        if isinstance(spatial, str):
-            return spatial
+        spatial = spatial_attrs(node.attrs, len(kernel))
         if node.attr("ceil_mode", 0):
-            return "average pool uses ceil_mode"
+            raise Refuse("average pool uses ceil_mode")
         if any(spatial[2]) and not node.attr("count_include_pad", 0):
-            return "average pool excludes padding from its count"
+            raise Refuse("average pool excludes padding from its count")
         shape = (1, 1) + kernel
         return Branch(node.inputs[0], shape, lambda: (np.full(shape, 1.0 / np.prod(kernel)), np.zeros(1)), 1,
                       *spatial, nodes=[node], diagonal=True)
@@ -268,8 +265,8 @@ class MergeParallelBranches(Pass):
             if inner.diagonal:  # BN(x) -> KxK: scale the outer kernel's input channels
                 matrix, b_in = np.diag(np.broadcast_to(w_in.reshape(-1), (cin,))), np.broadcast_to(b_in, (cin,))
             else:
-                matrix = _ungroup(w_in, inner.group).reshape(cin, -1)
-            dense = _ungroup(w_out, outer.group)
+                matrix = dense_weight(w_in, inner.group).reshape(cin, -1)
+            dense = dense_weight(w_out, outer.group)
             spatial = tuple(range(2, dense.ndim))
             return np.einsum("om...,mc->oc...", dense, matrix), b_out + dense.sum(axis=spatial) @ b_in
 
@@ -296,8 +293,8 @@ class MergeParallelBranches(Pass):
 
     # ------------------------------------------------------------------ merging
     @staticmethod
-    def _merge(branches: list[Branch]) -> Branch | str:
-        """One Branch equal to the sum of ``branches``, or why none is exact.
+    def _merge(branches: list[Branch]) -> Branch:
+        """One Branch equal to the sum of ``branches``; refuses when none is exact.
 
         Per axis the merged kernel is the largest; a smaller kernel sits at the offset its
         pads imply (centered for RepVGG/ACNet), which is exact iff the pad differences are
@@ -305,25 +302,25 @@ class MergeParallelBranches(Pass):
         """
         convs = [b for b in branches if not b.diagonal]
         if len({b.group for b in convs}) > 1:
-            return "branches differ in group"
+            raise Refuse("branches differ in group")
         if len({(b.shape[0], len(b.kernel)) for b in convs}) > 1:
-            return "branches differ in output channels or rank"
+            raise Refuse("branches differ in output channels or rank")
         group, cout, nd = convs[0].group, convs[0].shape[0], len(convs[0].kernel)
         cin = convs[0].shape[1] * group
         branches = [b.at_rank(nd) for b in branches]
         if any(b.diagonal and (cin != cout or b.shape[0] not in (1, cout) or len(b.kernel) != nd) for b in branches):
-            return "an identity branch needs as many input as output channels"
+            raise Refuse("an identity branch needs as many input as output channels")
         if len({b.strides for b in branches}) > 1:
-            return "branches differ in stride"
+            raise Refuse("branches differ in stride")
         kernel, dilations, begin, end = [], [], [], []
         for axis in range(nd):
             big = max(b.kernel[axis] for b in branches)
             dil = {b.dilations[axis] for b in branches if b.kernel[axis] > 1} or {1}
             pads = {(b.pads[axis], b.pads[nd + axis]) for b in branches if b.kernel[axis] == big}
             if len(dil) > 1:
-                return "branches differ in dilation"
+                raise Refuse("branches differ in dilation")
             if len(pads) > 1:
-                return "branch padding is inconsistent"
+                raise Refuse("branch padding is inconsistent")
             kernel.append(big)
             dilations.append(dil.pop())
             (pb, pe), = pads
@@ -336,7 +333,7 @@ class MergeParallelBranches(Pass):
                 d, k = dilations[axis], b.kernel[axis]
                 lo, hi = begin[axis] - b.pads[axis], end[axis] - b.pads[nd + axis]
                 if lo < 0 or hi < 0 or lo % d or hi % d or (lo + hi) // d != kernel[axis] - k:
-                    return "branch padding is inconsistent"
+                    raise Refuse("branch padding is inconsistent")
                 at.append(slice(lo // d, lo // d + k))
             windows.append(tuple(at))
 
@@ -357,69 +354,73 @@ class MergeParallelBranches(Pass):
                       dtype=convs[0].dtype)
 
     @staticmethod
-    def _pins(g: Graph) -> dict[str, tuple[int, ...]]:
-        """Symbolic input dims pinned to 1 for pricing: MACs of both sides scale alike with them."""
-        pins = {}
-        for name in g.feed_inputs():
-            shape = g.shape(name)
-            if shape is not None and not all(isinstance(d, int) for d in shape):
-                pins[name] = tuple(d if isinstance(d, int) else 1 for d in shape)
-        return pins
-
-    @staticmethod
-    def _price(g: Graph, root: Node, branches: list[Branch], merged: Branch, out: str, shapes: dict,
-               stats) -> str | None:
-        """Record the cost-model decision; None to apply, else the reason not to."""
+    def _price(g: Graph, m: Match, branches: list[Branch], merged: Branch, out: str) -> BranchMerge:
+        """The cost-model decision to merge ``branches`` into ``merged`` at ``out``; refuses, with it,
+        when it does not pay. Symbolic input dims are pinned to 1: both forms scale alike with them."""
+        shapes = m.shapes.pinned
         before = [node_macs(g, n, shapes) for b in branches for n in b.nodes if n.op_type == "Conv"]
-        probe = Node("Conv", [merged.src, "weight"], [out])  # priced, never added
-        after = node_macs(g, probe, {**shapes, "weight": merged.shape})
+        after = conv_macs(g, shapes, merged.src, out, merged.shape)
         macs_before = None if None in before else sum(before)
         applied = after is not None and macs_before is not None and after <= macs_before  # a tie: 1 node is fewer
-        stats.decisions.append({"node": root.name, "branches": len(branches), "macs_before": macs_before,
-                                "macs_after": after, "nodes_before": sum(len(b.nodes) for b in branches)
-                                + len(branches) - 1, "nodes_after": 1, "applied": applied})
+        decision = BranchMerge(node=m.root.name, branches=len(branches), macs_before=macs_before, macs_after=after,
+                               nodes_before=sum(len(b.nodes) for b in branches) + len(branches) - 1, nodes_after=1,
+                               applied=applied)
         if after is None or macs_before is None:
-            return "the cost model cannot price the branches (unknown shapes)"
-        return None if applied else "the merged convolution would cost more MACs"
+            raise Refuse("the cost model cannot price the branches (unknown shapes)", decision=decision)
+        if not applied:
+            raise Refuse("the merged convolution would cost more MACs", decision=decision)
+        return decision
 
     # ------------------------------------------------------------------ rewriting
     @staticmethod
-    def _rewrite(g: Graph, root: Node, tree: list[Node], terms: list[str], accepted) -> None:
-        """Replace the sum tree and the merged branches; the new sum keeps the root's name and output.
+    def _replacement(g: Graph, root: Node, found: SumTree,
+                     accepted: list[tuple[list[int], Branch, BranchMerge]]) -> Replacement:
+        """The sum tree and the merged branches replaced; the new sum keeps the root's name and output.
 
         A merged Conv takes the name of its largest-kernel branch Conv.
         """
         out = root.outputs[0]
-        merged_at = {members[0]: merged for members, merged in accepted}
-        dropped = {i for members, _ in accepted for i in members}
-        new_terms = [merged_at.get(i, t) for i, t in enumerate(terms) if i in merged_at or i not in dropped]
+        merged_at = {members[0]: merged for members, merged, _ in accepted}
+        dropped = {i for members, _, _ in accepted for i in members}
+        new_terms = [merged_at.get(i, t) for i, t in enumerate(found.terms) if i in merged_at or i not in dropped]
         names = {}
-        for _, merged in accepted:
+        for _, merged, _ in accepted:
             convs = [n for n in merged.nodes if n.op_type == "Conv"]
             main = max(convs, key=lambda n: int(np.prod(g.shape(n.inputs[1])[2:])))
             names[id(merged)] = main.name or g.fresh_name("Conv")
-        g.remove_nodes(tree)
-        for _, merged in accepted:
-            g.remove_nodes(merged.nodes)
+        r = Replacement(remove=[*found.tree, *(n for _, merged, _ in accepted for n in merged.nodes)],
+                        decision=_total([decision for _, _, decision in accepted]))
         for k, term in enumerate(new_terms):
             if isinstance(term, str):
                 continue
             name = names[id(term)]
             w, b = term.params()
-            inputs = [term.src, g.add_initializer(w.astype(term.dtype), g.fresh_name(f"{name}_weight"))]
+            inputs = [term.src, r.add_initializer(g.fresh_name(f"{name}_weight"), w.astype(term.dtype))]
             if np.any(b):
-                inputs.append(g.add_initializer(b.astype(term.dtype), g.fresh_name(f"{name}_bias")))
+                inputs.append(r.add_initializer(g.fresh_name(f"{name}_bias"), b.astype(term.dtype)))
             target = out if len(new_terms) == 1 else g.fresh_name(f"{name}_out")
-            g.add_node("Conv", inputs, [target],
+            r.add_node("Conv", inputs, [target],
                        {"kernel_shape": list(term.kernel), "pads": list(term.pads), "strides": list(term.strides),
                         "dilations": list(term.dilations), "group": term.group}, name=name)
             new_terms[k] = target
         if len(new_terms) == 1:
-            return
+            return r
         if root.op_type == "Sum":
-            g.add_node("Sum", new_terms, [out], name=root.name)
-            return
+            r.add_node("Sum", new_terms, [out], name=root.name)
+            return r
         acc = new_terms[0]
         for k, term in enumerate(new_terms[1:], start=2):
             last = k == len(new_terms)
-            acc = g.add_node("Add", [acc, term], [out] if last else 1, name=root.name if last else None).outputs[0]
+            acc = r.add_node("Add", [acc, term], [out if last else g.fresh_name("Add_out")],
+                             name=root.name if last else None).outputs[0]
+        return r
+
+
+def _total(decisions: list[BranchMerge]) -> BranchMerge:
+    """One decision for a rewrite that merges several groups of branches (usually there is one)."""
+    if len(decisions) == 1:
+        return decisions[0]
+    return BranchMerge(node=decisions[0].node, branches=sum(d.branches for d in decisions),
+                       macs_before=sum(d.macs_before for d in decisions),
+                       macs_after=sum(d.macs_after for d in decisions),
+                       nodes_before=sum(d.nodes_before for d in decisions), nodes_after=len(decisions), applied=True)

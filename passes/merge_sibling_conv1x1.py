@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimizer.cost import infer_shapes, node_macs
+from optimizer.cost import node_macs
+from optimizer.decisions import SiblingMerge
 from optimizer.ir import Node
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.pattern import Match
+from optimizer.pipeline import RewritePass, register_pass
+from optimizer.rewrite import Refuse, Replacement
+
+#: Why a group's ReLUs do not merge with its convs (the convs still do).
+RELUS_STAY = "ReLUs stay per branch: not every sibling conv output has its own ReLU as only reader"
 
 
-@register_pass("merge-sibling-conv1x1", exact=True, default=False)
-class MergeSiblingConv1x1(Pass):
+@register_pass("merge-sibling-conv1x1", exact=True)
+class MergeSiblingConv1x1(RewritePass):
     """1x1 convs reading the same tensor -> one wider 1x1 conv (+ one ReLU) and a Split on channels.
 
     Each output channel is the same dot product as before, so the rewrite is exact and the
@@ -22,21 +27,21 @@ class MergeSiblingConv1x1(Pass):
     runs the merged form faster is a benchmark question (tests/benchmarks/bench_optimized_models.py).
     """
 
-    def run(self, g, stats):
+    def matches(self, g, ctx):
+        """Per tensor read by two or more 1x1 convs: each sibling that cannot join (a match bound as
+        ``blocked``, which check refuses), then per group the ReLUs that stay per branch when some but
+        not all can merge (bound as ``relus_stay``, refused too) and the group (its convs, then its ReLUs)."""
         siblings: dict[str, list[Node]] = {}
         for node in g.nodes:
             if node.op_type == "Conv" and node.domain in ("", "ai.onnx") and _is_1x1(g, node):
                 siblings.setdefault(node.inputs[0], []).append(node)
-        shapes = None
-        changed = False
-        for convs in siblings.values():
+        for x, convs in siblings.items():
             if len(convs) < 2:
                 continue
             groups: dict[tuple, list[Node]] = {}
             for conv in convs:
-                reason = _blocker(g, conv)
-                if reason:
-                    stats.refuse(reason)
+                if _blocker(g, conv):
+                    yield Match(tensors={"x": x}, bound_nodes={"blocked": conv}, nodes=[conv])
                     continue
                 weight = g.const(conv.inputs[1])
                 key = (_dilations(conv, weight.ndim - 2), weight.dtype.str, weight.ndim)
@@ -44,20 +49,25 @@ class MergeSiblingConv1x1(Pass):
             for group in groups.values():
                 if len(group) < 2:
                     continue
-                stats.matches += 1
-                if shapes is None:
-                    shapes = infer_shapes(g)
-                if self._merge(g, group, shapes, stats):
-                    stats.rewrites += 1
-                    changed = True
-        return changed
+                relus = _sole_relus(g, group)
+                if relus is None:
+                    branch_relus = [r for c in group for r in g.consumers(c.outputs[0]) if r.op_type == "Relu"]
+                    if branch_relus:
+                        yield Match(tensors={"x": x}, bound_nodes={"relus_stay": branch_relus[0]},
+                                    nodes=branch_relus)
+                yield Match(tensors={"x": x}, nodes=group + (relus or []))
 
-    def _merge(self, g, convs: list[Node], shapes, stats) -> bool:
-        """Merge one group of siblings if the cost model agrees; records the decision."""
-        x = convs[0].inputs[0]
-        relus = _sole_relus(g, convs)
-        if relus is None and any(r.op_type == "Relu" for c in convs for r in g.consumers(c.outputs[0])):
-            stats.refuse("ReLUs stay per branch: not every sibling conv output has its own ReLU as only reader")
+    def check(self, g, m):
+        if "blocked" in m.bound_nodes:
+            raise Refuse(_blocker(g, m.node("blocked")))
+        if "relus_stay" in m.bound_nodes:
+            raise Refuse(RELUS_STAY)
+
+    def rewrite(self, g, m):
+        """The merged form, if the cost model agrees (the decision is recorded either way)."""
+        convs = [n for n in m.nodes if n.op_type == "Conv"]
+        relus = [n for n in m.nodes if n.op_type == "Relu"]
+        x, shapes = m["x"], m.shapes.inferred
         weights = [g.const(c.inputs[1]) for c in convs]
         sizes = [w.shape[0] for w in weights]
         out_shape = shapes.get(convs[0].outputs[0])
@@ -67,43 +77,38 @@ class MergeSiblingConv1x1(Pass):
         priced = Node("Conv", [x, w_name], [out_name])  # priced before it exists
         macs_before = [node_macs(g, c, shapes) for c in convs]
         macs_after = node_macs(g, priced, {w_name: (sum(sizes), *weights[0].shape[1:]), out_name: merged_shape})
-        nodes_before = len(convs) * (2 if relus else 1)
-        nodes_after = 3 if relus else 2
-        macs_before = None if None in macs_before else sum(macs_before)
-        decision = {"node": convs[0].name, "siblings": [c.name for c in convs], "macs_before": macs_before,
-                    "macs_after": macs_after, "nodes_before": nodes_before, "nodes_after": nodes_after,
-                    "relu_merged": relus is not None, "applied": False}
-        stats.decisions.append(decision)
-        if macs_before is None or macs_after is None:
-            stats.refuse("output shapes are unknown, so the merge cannot be priced")
-            return False
-        if macs_after > macs_before:
-            stats.refuse("the merged conv would cost more MACs")
-            return False
-        if nodes_after >= nodes_before:
-            stats.refuse("the merge saves no nodes")
-            return False
-        decision["applied"] = True
+        decision = SiblingMerge(node=convs[0].name, siblings=[c.name for c in convs],
+                                macs_before=None if None in macs_before else sum(macs_before), macs_after=macs_after,
+                                nodes_before=len(convs) + len(relus), nodes_after=3 if relus else 2,
+                                relu_merged=bool(relus), applied=False)
+        if decision.macs_before is None or macs_after is None:
+            raise Refuse("output shapes are unknown, so the merge cannot be priced", decision=decision)
+        if macs_after > decision.macs_before:
+            raise Refuse("the merged conv would cost more MACs", decision=decision)
+        if decision.nodes_after >= decision.nodes_before:
+            raise Refuse("the merge saves no nodes", decision=decision)
+        decision.applied = True
 
+        replacement = Replacement(remove=convs + relus, decision=decision)
         merged_w = np.concatenate(weights, axis=0)
-        inputs = [x, g.add_initializer(merged_w, w_name)]
+        inputs = [x, replacement.add_initializer(w_name, merged_w)]
         bias_names = [c.inputs[2] if len(c.inputs) > 2 else "" for c in convs]
         if any(bias_names):
             biases = [g.const(b) if b else np.zeros(n, merged_w.dtype) for b, n in zip(bias_names, sizes)]
-            inputs.append(g.add_initializer(np.concatenate(biases).astype(merged_w.dtype), g.fresh_name(f"{w_name}_b")))
+            inputs.append(replacement.add_initializer(g.fresh_name(f"{w_name}_b"),
+                                                      np.concatenate(biases).astype(merged_w.dtype)))
         attrs = {"kernel_shape": [1] * (merged_w.ndim - 2)}
         if "dilations" in convs[0].attrs:
             attrs["dilations"] = list(convs[0].attrs["dilations"])
-        finals = [r.outputs[0] for r in relus] if relus else [c.outputs[0] for c in convs]
-        g.remove_nodes(convs + (relus or []))
-        g.add_node("Conv", inputs, [out_name], attrs, name=g.fresh_name(f"{label}_merged"))
+        replacement.add_node("Conv", inputs, [out_name], attrs, name=g.fresh_name(f"{label}_merged"))
         split_in = out_name
         if relus:
             relu_label = relus[0].name or relus[0].outputs[0]
             split_in = g.fresh_name(f"{relu_label}_merged")
-            g.add_node("Relu", [out_name], [split_in], name=g.fresh_name(f"{relu_label}_merged"))
-        _add_split(g, split_in, finals, sizes)
-        return True
+            replacement.add_node("Relu", [out_name], [split_in], name=g.fresh_name(f"{relu_label}_merged"))
+        finals = [n.outputs[0] for n in (relus or convs)]
+        _add_split(g, replacement, split_in, finals, sizes)
+        return replacement
 
 
 def _is_1x1(g, conv: Node) -> bool:
@@ -141,11 +146,11 @@ def _sole_relus(g, convs: list[Node]) -> list[Node] | None:
     return relus
 
 
-def _add_split(g, tensor: str, outputs: list[str], sizes: list[int]) -> None:
+def _add_split(g, replacement: Replacement, tensor: str, outputs: list[str], sizes: list[int]) -> None:
     """Split along channels: sizes are an attribute before opset 13 and an input from 13."""
     name = g.fresh_name(f"{tensor}_split")
     if g.opset() < 13:
-        g.add_node("Split", [tensor], outputs, {"axis": 1, "split": sizes}, name=name)
+        replacement.add_node("Split", [tensor], outputs, {"axis": 1, "split": sizes}, name=name)
     else:
-        sizes_name = g.add_initializer(np.asarray(sizes, dtype=np.int64), g.fresh_name(f"{tensor}_split_sizes"))
-        g.add_node("Split", [tensor, sizes_name], outputs, {"axis": 1}, name=name)
+        sizes_name = replacement.add_initializer(g.fresh_name(f"{tensor}_split_sizes"), np.asarray(sizes, np.int64))
+        replacement.add_node("Split", [tensor, sizes_name], outputs, {"axis": 1}, name=name)

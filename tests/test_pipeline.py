@@ -9,45 +9,31 @@ import pytest
 from optimizer.errors import InvariantError, NinoptError
 from optimizer.ir import Graph
 from optimizer.pattern import P
-from optimizer.pipeline import MAX_ITERATIONS, Pass, PassManager, PassStats, RewritePass
-from optimizer.registry import get_pass, register_pass, unregister_pass
-
-
-def chain(*ops: str) -> Graph:
-    """x -> ops[0] -> ops[1] -> ... -> y, node names n0, n1, ..."""
-    g = Graph({"": 13})
-    g.inputs = ["x"]
-    prev = "x"
-    for i, op in enumerate(ops):
-        out = "y" if i == len(ops) - 1 else f"t{i}"
-        g.add_node(op, [prev], [out], name=f"n{i}")
-        prev = out
-    g.outputs = ["y"]
-    return g
-
-
-def by_name(g: Graph, name: str):
-    return next((n for n in g.nodes if n.name == name), None)
+from optimizer.pipeline import (MAX_ITERATIONS, GraphPass, PassContext, PassManager, PassStats, RewritePass,
+                                register_pass, unregister_pass, ShapeContext)
+from optimizer.registry import get_pass
+from optimizer.rewrite import Refuse, Replacement
+from support import chain_graph, node_named
 
 
 # ---------------------------------------------------------------------- passes used only here
-class AbsToIdentity(Pass):
+class AbsToIdentity(GraphPass):
     """Abs -> Identity (semantics do not matter here: it feeds eliminate-identity a second sweep)."""
 
     name = "test-abs-to-identity"
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
         changed = False
         for node in [n for n in g.nodes if n.op_type == "Abs"]:
-            stats.matches += 1
-            stats.rewrites += 1
+            ctx.stats.matches += 1
+            ctx.stats.rewrites += 1
             g.remove_node(node)
             g.add_node("Identity", node.inputs, node.outputs, name=node.name)
             changed = True
         return changed
 
 
-class AlwaysChanges(Pass):
+class AlwaysChanges(GraphPass):
     """Bumps an attribute on every run, so the pipeline never reaches a fixpoint."""
 
     name = "test-always-changes"
@@ -55,7 +41,7 @@ class AlwaysChanges(Pass):
     def __init__(self, report_change: bool = True):
         self.report_change = report_change
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
         node = g.nodes[0]
         g.set_attr(node, "counter", node.attr("counter", 0) + 1)
         return self.report_change
@@ -70,12 +56,10 @@ class ReluRefuser(RewritePass):
     def check(self, g, m):
         time.sleep(0.002)
         if m["x"] in g.inputs:
-            return m.fail("it reads a graph input")
-        return m
+            raise Refuse("it reads a graph input")
 
     def rewrite(self, g, m):
-        g.replace_all_uses(m["y"], m["x"])
-        g.remove_node(m.root)
+        return Replacement().bypass(m.root)
 
 
 class NegNegToNothing(RewritePass):
@@ -85,19 +69,18 @@ class NegNegToNothing(RewritePass):
     pattern = P.Neg(P.Neg("x", node="inner"), out="y", node="outer")
 
     def rewrite(self, g, m):
-        g.replace_all_uses(m["y"], m["x"])
-        g.remove_nodes(m.nodes)
+        return Replacement(remove=m.nodes, rename={m["y"]: m["x"]})
 
 
 @pytest.fixture
 def broken_pass():
     """A registered pass that removes a producer whose output is still read."""
 
-    @register_pass("test-broken-remove-producer", exact=True, default=False)
-    class RemoveProducer(Pass):
+    @register_pass("test-broken-remove-producer", exact=True)
+    class RemoveProducer(GraphPass):
         """Removes every Relu without rewiring its readers (deliberately broken)."""
 
-        def run(self, g, stats):
+        def run(self, g, ctx):
             relus = [n for n in g.nodes if n.op_type == "Relu"]
             g.remove_nodes(relus)
             return bool(relus)
@@ -110,7 +93,7 @@ def broken_pass():
 
 # ---------------------------------------------------------------------- fixpoint and bound
 def test_runs_to_a_fixpoint_that_needs_two_changing_sweeps():
-    g = chain("Relu", "Abs", "Neg")
+    g = chain_graph("Relu", "Abs", "Neg")
     report = PassManager([get_pass("eliminate-identity").create(), AbsToIdentity()]).run(g)
     # sweep 1: Abs -> Identity; sweep 2: the Identity goes; sweep 3: nothing changes
     assert report.converged and report.iterations == 3
@@ -118,11 +101,11 @@ def test_runs_to_a_fixpoint_that_needs_two_changing_sweeps():
     assert stats["eliminate-identity"].rewrites == 1 and stats["eliminate-identity"].runs == 3
     assert stats["test-abs-to-identity"].rewrites == 1 and stats["test-abs-to-identity"].runs == 3
     assert sorted(n.op_type for n in g.nodes) == ["Neg", "Relu"]
-    assert by_name(g, "n2").inputs == ["t0"]
+    assert node_named(g, "n2").inputs == ["t0"]
 
 
 def test_a_pipeline_that_changes_nothing_stops_after_one_sweep():
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     version = g.version
     report = PassManager([get_pass("eliminate-identity").create()]).run(g)
     assert report.converged and report.iterations == 1 and g.version == version
@@ -130,7 +113,7 @@ def test_a_pipeline_that_changes_nothing_stops_after_one_sweep():
 
 @pytest.mark.parametrize("report_change", [True, False], ids=["says-changed", "changes-silently"])
 def test_a_pass_that_always_changes_stops_at_max_iterations(report_change):
-    g = chain("Relu")
+    g = chain_graph("Relu")
     report = PassManager([AlwaysChanges(report_change)], max_iterations=4).run(g)
     assert not report.converged and report.iterations == 4
     assert report.passes[0].runs == 4
@@ -139,13 +122,13 @@ def test_a_pass_that_always_changes_stops_at_max_iterations(report_change):
 
 
 def test_default_bound_is_max_iterations():
-    report = PassManager([AlwaysChanges()]).run(chain("Relu"))
+    report = PassManager([AlwaysChanges()]).run(chain_graph("Relu"))
     assert report.iterations == MAX_ITERATIONS == 8 and not report.converged
 
 
 # ---------------------------------------------------------------------- statistics
 def test_statistics_record_matches_rewrites_refusals_and_time():
-    g = chain("Relu", "Relu", "Relu", "Neg")  # the first Relu reads the graph input: refused every sweep
+    g = chain_graph("Relu", "Relu", "Relu", "Neg")  # the first Relu reads the graph input: refused every sweep
     report = PassManager([ReluRefuser()]).run(g)
     (s,) = report.passes
     assert report.converged and report.iterations == 2
@@ -159,7 +142,7 @@ def test_statistics_record_matches_rewrites_refusals_and_time():
     assert d["passes"][0] == {"name": "test-relu-refuser", "runs": 2, "matches": 4, "rewrites": 2,
                               "refusals": {"it reads a graph input": 2}, "decisions": [], "rollbacks": [],
                               "seconds": round(s.seconds, 6)}
-    assert [n.name for n in g.nodes] == ["n0", "n3"] and by_name(g, "n3").inputs == ["t0"]
+    assert [n.name for n in g.nodes] == ["n0", "n3"] and node_named(g, "n3").inputs == ["t0"]
 
 
 def test_pass_stats_count_refusals_by_reason():
@@ -180,15 +163,15 @@ def test_rewrite_pass_skips_nodes_removed_earlier_in_the_same_run():
     g.add_node("Neg", ["x"], ["t0"], name="neg1")
     g.outputs = ["y"]
     stats = PassStats("test-neg-neg")
-    assert NegNegToNothing().run(g, stats)
+    assert NegNegToNothing().run(g, PassContext(stats, ShapeContext(g)))
     assert (stats.matches, stats.rewrites) == (2, 2)
-    assert [n.name for n in g.nodes] == ["relu"] and by_name(g, "relu").inputs == ["x"]
+    assert [n.name for n in g.nodes] == ["relu"] and node_named(g, "relu").inputs == ["x"]
     assert not g.check_invariants()
 
 
 # ---------------------------------------------------------------------- invariants after every pass
 def test_broken_pass_raises_invariant_error_naming_it_and_the_passes_before(broken_pass):
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     passes = [get_pass("eliminate-identity").create(), get_pass("eliminate-dropout").create(), broken_pass.create()]
     with pytest.raises(InvariantError) as info:
         PassManager(passes).run(g)
@@ -201,16 +184,16 @@ def test_broken_pass_raises_invariant_error_naming_it_and_the_passes_before(brok
 
 def test_broken_pass_running_first_names_no_predecessors(broken_pass):
     with pytest.raises(InvariantError, match=r"passes run before it: none"):
-        PassManager([broken_pass.create()]).run(chain("Relu", "Neg"))
+        PassManager([broken_pass.create()]).run(chain_graph("Relu", "Neg"))
 
 
 def test_breakage_in_a_later_sweep_lists_each_earlier_pass_once(broken_pass):
-    g = chain("Abs", "Neg")  # no Relu in sweep 1 until MakesRelu runs; the broken pass strikes in sweep 2
+    g = chain_graph("Abs", "Neg")  # no Relu in sweep 1 until MakesRelu runs; the broken pass strikes in sweep 2
 
-    class MakesRelu(Pass):
+    class MakesRelu(GraphPass):
         name = "test-makes-relu"
 
-        def run(self, g, stats):
+        def run(self, g, ctx):
             abs_nodes = [n for n in g.nodes if n.op_type == "Abs"]
             for n in abs_nodes:
                 g.remove_node(n)
@@ -225,14 +208,14 @@ def test_breakage_in_a_later_sweep_lists_each_earlier_pass_once(broken_pass):
 
 
 def test_invariant_checks_can_be_switched_off(broken_pass):
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     PassManager([broken_pass.create()], check=False).run(g)
     assert any("nothing produces" in p for p in g.check_invariants())
 
 
 # ---------------------------------------------------------------------- Graph.check_invariants
 def test_a_well_formed_graph_has_no_problems():
-    assert chain("Relu", "Neg", "Abs").check_invariants() == []
+    assert chain_graph("Relu", "Neg", "Abs").check_invariants() == []
 
 
 def test_check_invariants_catches_a_cycle():
@@ -247,7 +230,7 @@ def test_check_invariants_catches_a_cycle():
 
 
 def test_check_invariants_catches_a_duplicate_producer():
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     # a pass that edits node.outputs behind the facade's back is caught
     stray = g.add_node("Abs", ["x"], ["z"], name="stray")
     stray.outputs = ["t0"]
@@ -257,13 +240,13 @@ def test_check_invariants_catches_a_duplicate_producer():
 
 
 def test_add_node_refuses_a_second_producer():
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     with pytest.raises(ValueError, match="already has a producer"):
         g.add_node("Abs", ["x"], ["t0"], name="again")
 
 
 def test_a_refused_add_node_leaves_the_graph_unchanged():
-    g = chain("Relu", "Neg")
+    g = chain_graph("Relu", "Neg")
     version, count = g.version, len(g)
     with pytest.raises(ValueError):
         g.add_node("Abs", ["x"], ["t0"], name="again")
@@ -272,13 +255,13 @@ def test_a_refused_add_node_leaves_the_graph_unchanged():
 
 
 def test_check_invariants_catches_a_producer_of_a_graph_input():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.add_node("Neg", ["y"], ["x"], name="writes_input")
     assert any("'x' is both a graph input/initializer and produced by" in p for p in g.check_invariants())
 
 
 def test_check_invariants_catches_an_undefined_input():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.add_node("Add", ["y", "ghost"], ["z"], name="reads_ghost")
     problems = g.check_invariants()
     assert len(problems) == 1
@@ -286,27 +269,27 @@ def test_check_invariants_catches_an_undefined_input():
 
 
 def test_check_invariants_catches_an_undefined_implicit_input():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.add_node("If", ["x"], ["z"], name="if", implicit_inputs=["outer_ghost"])
     problems = g.check_invariants()
     assert len(problems) == 1 and "'outer_ghost'" in problems[0]
 
 
 def test_check_invariants_catches_an_unproduced_graph_output():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.outputs.append("missing")
     assert g.check_invariants() == ["graph output 'missing' is not produced"]
 
 
 def test_check_invariants_catches_duplicate_node_names():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.add_node("Neg", ["y"], ["z"], name="n0")
     problems = g.check_invariants()
     assert problems == ["node name 'n0' is used twice"]
 
 
 def test_graph_inputs_and_initializers_count_as_produced():
-    g = chain("Relu")
+    g = chain_graph("Relu")
     g.initializers["w"] = None
     g.add_node("Add", ["y", "w"], ["z"], name="add")
     g.outputs.append("x")  # a graph input passed straight through is a valid output

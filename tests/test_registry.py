@@ -12,11 +12,12 @@ import textwrap
 
 import pytest
 
+import optimizer
 import optimizer.registry as registry
 from optimizer.cli import main
 from optimizer.errors import NinoptError
-from optimizer.pipeline import Pass, PassManager
-from optimizer.registry import all_passes, default_passes, get_pass, register_pass, unregister_pass
+from optimizer.pipeline import Pass, PassManager, register_pass, unregister_pass
+from optimizer.registry import all_passes, default_passes, get_pass, pipeline_passes, pipelines
 
 CLEANUP = ["eliminate-identity", "eliminate-dropout", "eliminate-dead-nodes", "eliminate-unused-initializers",
            "dedupe-initializers"]
@@ -24,7 +25,7 @@ PLUGIN_MODULE = "ninopt_test_plugin_passes"
 PLUGIN_PASS = "test-plugin-negate-nothing"
 
 
-def builtin_passes() -> dict[str, registry.PassInfo]:
+def builtin_passes() -> dict[str, registry.PassListing]:
     """Every registered pass defined in the built-in ``passes`` package."""
     return {p.name: p for p in all_passes() if p.cls.__module__.split(".")[0] == "passes"}
 
@@ -33,7 +34,9 @@ def passes_json(capsys) -> list[dict]:
     assert main(["passes", "--json"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
-    return json.loads(captured.out)
+    listing = json.loads(captured.out)
+    assert listing["pipelines"] == {name: list(names) for name, names in pipelines().items()}
+    return listing["passes"]
 
 
 # ---------------------------------------------------------------------- built-ins
@@ -53,8 +56,9 @@ def test_passes_json_lists_every_builtin_with_exact_default_and_doc(capsys):
     assert set(builtins) <= set(listed)
     for name, info in builtins.items():
         entry = listed[name]
-        assert set(entry) == {"name", "exact", "default", "doc"}
+        assert set(entry) == {"name", "exact", "default", "doc", "pipelines"}
         assert entry["exact"] is info.exact and entry["default"] is info.default
+        assert entry["pipelines"] == [p for p, names in pipelines().items() if name in names]
         assert entry["doc"] == info.cls.__doc__.strip().splitlines()[0]
         assert entry["doc"] and "\n" not in entry["doc"]
     for name in CLEANUP:
@@ -62,11 +66,11 @@ def test_passes_json_lists_every_builtin_with_exact_default_and_doc(capsys):
     assert listed["eliminate-identity"]["doc"] == "Identity(x) -> x: readers of the copy read the original."
 
 
-def test_passes_json_order_is_registration_order(capsys):
+def test_passes_json_lists_the_default_pipeline_first_in_its_order(capsys):
     names = [entry["name"] for entry in passes_json(capsys)]
     assert names == [p.name for p in all_passes()]
-    assert default_passes() == [p.name for p in all_passes() if p.default]
-    # passes/__init__.py imports identity before dropout, dead nodes before unused initializers
+    assert default_passes() == [p.name for p in all_passes() if p.default] == names[:len(default_passes())]
+    # the default pipeline runs identity before dropout, dead nodes before unused initializers
     assert names.index("eliminate-identity") < names.index("eliminate-dropout")
     assert names.index("eliminate-dead-nodes") < names.index("eliminate-unused-initializers")
 
@@ -89,12 +93,12 @@ def test_console_script_lists_the_passes():
         assert name in result.stdout
     result = subprocess.run([exe, "passes", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0
-    assert set(CLEANUP) <= {e["name"] for e in json.loads(result.stdout)}
+    assert set(CLEANUP) <= {e["name"] for e in json.loads(result.stdout)["passes"]}
 
 
 # ---------------------------------------------------------------------- register_pass contract
 def test_register_pass_sets_class_attributes_and_unregister_removes_it():
-    @register_pass("test-temporary", exact=False, default=False)
+    @register_pass("test-temporary", exact=False)
     class Temporary(Pass):
         """A throwaway pass.
 
@@ -103,7 +107,7 @@ def test_register_pass_sets_class_attributes_and_unregister_removes_it():
 
     try:
         info = get_pass("test-temporary")
-        assert (Temporary.name, Temporary.exact, Temporary.default) == ("test-temporary", False, False)
+        assert (Temporary.name, Temporary.exact) == ("test-temporary", False)
         assert (info.exact, info.default, info.doc) == (False, False, "A throwaway pass.")
         assert isinstance(info.create(), Temporary)
         assert "test-temporary" not in default_passes()
@@ -149,7 +153,7 @@ def plugin_env(tmp_path, monkeypatch):
     """sys.path with a temporary dist-info; the registry forgets it loaded; everything undone afterwards."""
     monkeypatch.syspath_prepend(str(tmp_path))
     all_passes()  # built-ins first, so only the plug-in is new
-    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_pipelines", None)
     importlib.invalidate_caches()
     yield tmp_path
     unregister_pass(PLUGIN_PASS)
@@ -158,16 +162,15 @@ def plugin_env(tmp_path, monkeypatch):
 
 
 PLUGIN_SOURCE = f'''
-    from optimizer.pipeline import Pass
-    from optimizer.registry import register_pass
+    from optimizer.pipeline import GraphPass, register_pass
 
 
-    @register_pass("{PLUGIN_PASS}", exact=True, default=False)
-    class NegateNothing(Pass):
+    @register_pass("{PLUGIN_PASS}", exact=True)
+    class NegateNothing(GraphPass):
         """A plug-in pass that counts Neg nodes and changes nothing."""
 
-        def run(self, g, stats):
-            stats.matches += sum(n.op_type == "Neg" for n in g.nodes)
+        def run(self, g, ctx):
+            ctx.stats.matches += sum(n.op_type == "Neg" for n in g.nodes)
             return False
 '''
 
@@ -175,7 +178,7 @@ PLUGIN_SOURCE = f'''
 def test_entry_point_plugin_is_listed_and_runs(plugin_env, capsys):
     _write_plugin(plugin_env, PLUGIN_SOURCE)
     listed = {entry["name"]: entry for entry in passes_json(capsys)}
-    assert listed[PLUGIN_PASS] == {"name": PLUGIN_PASS, "exact": True, "default": False,
+    assert listed[PLUGIN_PASS] == {"name": PLUGIN_PASS, "exact": True, "default": False, "pipelines": [],
                                    "doc": "A plug-in pass that counts Neg nodes and changes nothing."}
     assert set(CLEANUP) <= set(listed)
     assert PLUGIN_PASS not in default_passes()
@@ -193,7 +196,7 @@ def test_entry_point_plugin_is_listed_and_runs(plugin_env, capsys):
 def test_plugin_is_not_seen_without_its_dist_info(tmp_path, monkeypatch, capsys):
     (tmp_path / f"{PLUGIN_MODULE}.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_pipelines", None)
     try:
         assert PLUGIN_PASS not in {entry["name"] for entry in passes_json(capsys)}
     finally:
@@ -216,3 +219,65 @@ def test_a_broken_plugin_keeps_failing_instead_of_vanishing(plugin_env):
         all_passes()
     with pytest.raises(NinoptError):
         all_passes()
+
+
+# ---------------------------------------------------------------------- named pipelines
+def test_every_pipeline_names_registered_passes_once():
+    for name, names in pipelines().items():
+        assert names, name
+        assert len(set(names)) == len(names), f"pipeline {name!r} runs a pass twice"
+        for pass_name in names:
+            get_pass(pass_name)
+
+
+def test_pipelines_respect_the_ordering_constraints():
+    """Each stated constraint (e.g. pads and affines before branch merging, branch merging before
+    chain fusion) holds in every pipeline that runs both passes, and constrains passes that exist."""
+    from passes import ORDERING
+
+    assert ORDERING
+    for earlier, later, why in ORDERING:
+        get_pass(earlier), get_pass(later)
+        assert why
+        for name, names in pipelines().items():
+            if earlier in names and later in names:
+                assert names.index(earlier) < names.index(later), f"{name}: {earlier} must run before {later} ({why})"
+
+
+def test_an_ordering_violation_would_be_caught(monkeypatch):
+    import passes
+
+    swapped = list(passes.PIPELINES["default"])
+    i, j = swapped.index("merge-parallel-branches"), swapped.index("fuse-conv1x1-chain")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    monkeypatch.setitem(passes.PIPELINES, "default", tuple(swapped))
+    monkeypatch.setattr(registry, "_pipelines", None)
+    with pytest.raises(AssertionError, match="merge-parallel-branches must run before fuse-conv1x1-chain"):
+        test_pipelines_respect_the_ordering_constraints()
+
+
+def test_the_onnxruntime_pipeline_is_the_default_plus_fused_activations():
+    assert pipeline_passes("onnxruntime") == default_passes() + ["fuse-conv-activation"]
+    with pytest.raises(NinoptError, match="unknown pipeline 'fastest'; known pipelines: default"):
+        pipeline_passes("fastest")
+
+
+def test_cli_pipeline_option_runs_the_named_pipeline(tmp_path, capsys):
+    model = os.path.join(os.path.dirname(__file__), "..", "fixtures", "resnet_bottleneck_bn.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", model, "-o", str(out), "--pipeline", "onnxruntime", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passes"] == pipeline_passes("onnxruntime")
+    assert "FusedConv" in {n.op_type for n in optimizer.load(out).nodes}
+    assert main(["optimize", model, "-o", str(tmp_path / "other.onnx"), "--pipeline", "fastest"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pipeline 'fastest'" in err and "Traceback" not in err
+    assert not (tmp_path / "other.onnx").exists()
+
+
+def test_library_pipeline_argument_and_passes_are_exclusive():
+    model = os.path.join(os.path.dirname(__file__), "..", "fixtures", "resnet_bottleneck_bn.onnx")
+    result = optimizer.optimize(model, pipeline="constant-folding", verify=False)
+    assert result.passes == ["fold-constants"]
+    with pytest.raises(NinoptError, match="either passes or a pipeline"):
+        optimizer.optimize(model, passes="fold-constants", pipeline="default")

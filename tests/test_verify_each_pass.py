@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 import optimizer
-from conftest import FIXTURES_DIR, ort_run, random_feeds
 from optimizer.cli import main
 from optimizer.pattern import P
-from optimizer.pipeline import Pass, RewritePass
-from optimizer.registry import register_pass, unregister_pass
+from optimizer.pipeline import GraphPass, RewritePass, register_pass, unregister_pass
+from optimizer.rewrite import Refuse, Replacement
+from support import FIXTURES_DIR, ort_run, random_feeds
 
 MODEL = Path(FIXTURES_DIR) / "inception_module.onnx"
 WRONG_CONV = "b3_5x5"  # the one conv the wrong pass gets wrong
@@ -20,32 +20,34 @@ WRONG_CONV = "b3_5x5"  # the one conv the wrong pass gets wrong
 
 @pytest.fixture(autouse=True)
 def wrong_passes():
-    @register_pass("test-renew-convs", exact=True, default=False)
+    @register_pass("test-renew-convs", exact=True)
     class RenewConvs(RewritePass):
         """Test only: rebuilds every Conv (harmless) but scales one conv's weight (wrong)."""
 
         pattern = P.Conv("x", "w", "b", out="y")
 
         def check(self, g, m):
-            return m.fail("already renewed") if m.root.name.startswith("renewed_") else m
+            if m.root.name.startswith("renewed_"):
+                raise Refuse("already renewed")
 
         def rewrite(self, g, m):
             conv = m.root
             weight = g.const(m["w"])
             if WRONG_CONV in conv.name:
                 weight = weight * np.float32(1.5)
-            g.remove_node(conv)
-            g.add_node("Conv", [m["x"], g.add_initializer(weight), m["b"]], [m["y"]], dict(conv.attrs),
-                       name="renewed_" + conv.name)
+            replacement = Replacement(remove=[conv])
+            w = replacement.add_initializer(g.fresh_name("w"), weight)
+            replacement.add_node("Conv", [m["x"], w, m["b"]], [m["y"]], dict(conv.attrs), name="renewed_" + conv.name)
+            return replacement
 
-    @register_pass("test-break-everything", exact=True, default=False)
-    class BreakEverything(Pass):
+    @register_pass("test-break-everything", exact=True)
+    class BreakEverything(GraphPass):
         """Test only: negates every initializer at once."""
 
-        def run(self, g, stats):
+        def run(self, g, ctx):
             for name in list(g.initializers):
                 g.set_const(name, -g.const(name))
-            stats.rewrites += 1
+            ctx.stats.rewrites += 1
             return True
 
     yield
