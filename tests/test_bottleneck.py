@@ -15,13 +15,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import passes.insert_bottleneck  # noqa: F401  (registers the pass)
-from conftest import FIXTURES_DIR, ort_run
 from optimizer import onnx_io
 from optimizer.bottleneck import analyze_bottlenecks, insert_bottlenecks, random_feeds, relative_error
 from optimizer.cost import analyze_costs
 from optimizer.executor import run
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
+from support import FIXTURES_DIR, ort_run
 
 SEED = os.path.join(FIXTURES_DIR, "seed_bottleneck.onnx")
 NOISY = os.path.join(FIXTURES_DIR, "seed_bottleneck_noisy.onnx")
@@ -96,8 +96,8 @@ def test_seed_exact_inserts_192_to_16_reduce_and_cuts_macs_ninefold():
     assert macs(original) >= 9 * macs(g)
     assert fresh_error(original, g) <= 1e-5
     decision = stats.decisions[0]
-    assert (decision["structure"], decision["rank"], decision["applied"]) == ("input", 16, True)
-    assert decision["macs_before"] == 120_422_400 and decision["macs_after"] == 12_443_648
+    assert (decision.structure, decision.rank, decision.applied) == ("input", 16, True)
+    assert decision.macs_before == 120_422_400 and decision.macs_after == 12_443_648
     assert "conv5x5_w" not in g.initializers  # the replaced weights went with the conv
     # onnxruntime agrees on the exported model
     feeds = random_feeds(original, 1, 77)[0]
@@ -119,7 +119,7 @@ def test_noisy_seed_within_budget_at_1e2_and_untouched_at_1e7():
     original = g.copy()
     stats = run_pass(g, max_error=1e-2)
     assert macs(original) >= 5 * macs(g)
-    assert stats.decisions[0]["model_error"] <= 1e-2  # measured on the calibration inputs
+    assert stats.decisions[0].model_error <= 1e-2  # measured on the calibration inputs
     assert fresh_error(original, g) <= 2e-2  # unseen inputs: 2x allowance
     version = g.version
     assert run_pass(g, max_error=1e-2).rewrites == 0 and g.version == version
@@ -142,8 +142,8 @@ def test_planted_inception_cuts_40_percent_at_cosine_0999_and_is_idempotent():
     assert float(y0 @ y1 / np.linalg.norm(y0) / np.linalg.norm(y1)) >= 0.999
     assert fresh_error(original, g) <= 2e-2
     for d in stats.decisions:  # MACs never increase, per layer
-        assert d["macs_after"] <= d["macs_before"]
-    assert any(d["structure"] == "input" and d["node"] == "b2_3x3" for d in stats.decisions if d["applied"])
+        assert d.macs_after <= d.macs_before
+    assert any(d.structure == "input" and d.node == "b2_3x3" for d in stats.decisions if d.applied)
     version = g.version
     again = run_pass(g, max_error=1e-2)
     assert again.rewrites == 0 and g.version == version
@@ -184,7 +184,7 @@ def test_gemm_truncated_svd_into_two_gemms():
     stats = run_pass(g, max_error=1e-4)
     assert [n.op_type for n in g.toposort()] == ["Gemm", "Gemm"]
     assert g.const(g.toposort()[0].inputs[1]).shape == (64, 4)
-    assert stats.decisions[0]["structure"] == "svd" and macs(g) < macs(original)
+    assert stats.decisions[0].structure == "svd" and macs(g) < macs(original)
     assert fresh_error(original, g) <= 1e-5
 
 
@@ -200,7 +200,7 @@ def test_relu_bottleneck_uses_exact_crelu_when_below_break_even():
     stats = run_pass(g, max_error=1e-4, relu_bottleneck=True)
     assert [n.op_type for n in g.toposort()] == ["Conv", "Relu", "Conv"]
     assert g.const(convs(g)[0].inputs[1]).shape == (32, 192, 1, 1)  # [W; -W]: 2r channels
-    assert stats.decisions[0]["relu"].startswith("crelu")
+    assert stats.decisions[0].relu.startswith("crelu")
     assert macs(g) < macs(original)
     assert fresh_error(original, g) <= 1e-5
 
@@ -220,7 +220,7 @@ def test_no_model_over_budget_and_macs_never_increase(max_error):
     before = macs(g)
     stats = run_pass(g, max_error=max_error)
     assert macs(g) <= before
-    assert max(d["model_error"] for d in stats.decisions) <= max_error
+    assert max(d.model_error for d in stats.decisions) <= max_error
 
 
 def test_control_flow_graph_is_refused_whole():

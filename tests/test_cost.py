@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import onnx_io
-from optimizer.cost import analyze_costs, infer_shapes, node_macs
+from optimizer.cost import analyze_costs, node_macs
 from optimizer.errors import NinoptError
+from optimizer.shape_inference import infer_shapes
 
 ort = pytest.importorskip("onnxruntime")
 

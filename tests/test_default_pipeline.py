@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import optimizer
-from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id, ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.errors import VerificationError
 from optimizer.executor import run
-from optimizer.pipeline import Pass, PassManager
-from optimizer.registry import get_pass, register_pass, unregister_pass
+from optimizer.pipeline import GraphPass, PassManager, register_pass, unregister_pass
+from optimizer.registry import get_pass
+from support import FIXTURES_DIR, LIGHT_MODELS, light_model_id, ort_run, random_feeds
 
 FIXTURES = sorted(Path(FIXTURES_DIR).glob("*.onnx"))
 
@@ -90,7 +90,7 @@ def test_cheaper_bottleneck_is_kept() -> None:
     assert _ops(result.graph)["Conv"] == 2
     stats = {p.name: p for p in result.pipeline.passes}["fuse-conv1x1-chain"]
     assert stats.rewrites == 0 and any("cheaper" in reason for reason in stats.refusals)
-    assert any(not d["applied"] for d in stats.decisions)
+    assert any(not d.applied for d in stats.decisions)
 
 
 def test_second_run_changes_nothing() -> None:
@@ -100,19 +100,19 @@ def test_second_run_changes_nothing() -> None:
     assert second.after.nodes == first.after.nodes
 
 
-@register_pass("test-break-numerics", exact=True, default=False)
-class BreakNumerics(Pass):
+@register_pass("test-break-numerics", exact=True)
+class BreakNumerics(GraphPass):
     """Test only: scales the first Conv weight, a wrong 'exact' rewrite."""
 
     done = False
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
         conv = next((n for n in g.toposort() if n.op_type == "Conv" and g.is_const(n.inputs[1])), None)
         if conv is None or self.done:
             return False
         g.set_const(conv.inputs[1], g.const(conv.inputs[1]) * np.float32(1.01))
         self.done = True
-        stats.rewrites += 1
+        ctx.stats.rewrites += 1
         return True
 
 
@@ -129,11 +129,11 @@ def test_a_wrong_rewrite_is_refused_and_nothing_is_written(tmp_path: Path) -> No
 
 
 
-@register_pass("test-invalid-schema", exact=True, default=False)
-class InvalidSchema(Pass):
+@register_pass("test-invalid-schema", exact=True)
+class InvalidSchema(GraphPass):
     """Test only: gives a Conv an attribute ONNX does not define (the executor ignores it)."""
 
-    def run(self, g, stats):
+    def run(self, g, ctx):
         conv = next(n for n in g.nodes if n.op_type == "Conv")
         if "bogus" in conv.attrs:
             return False

@@ -12,20 +12,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
-from optimizer import onnx_io
+from optimizer import onnx_checks, onnx_io
 from optimizer.cli import main
-from optimizer.cost import analyze_costs, infer_shapes
-from optimizer.verification import OTHER_SIZES, SPATIAL_SIZES, choose_input_shapes, random_inputs
+from optimizer.cost import analyze_costs
+from optimizer.inputs import OTHER_SIZES, SPATIAL_SIZES, choose_input_shapes, random_inputs
+from optimizer.shape_inference import infer_shapes
+from support import make_model, ort_run
 
 RNG = np.random.default_rng(0)
 
 
 def _model(nodes, inputs, rank=4, inits=(), opset=17, metadata=None):
     """A model with output y of the given rank (onnx's checker wants graph outputs typed and shaped)."""
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"y{i}" for i in range(rank)])
-    graph = helper.make_graph(nodes, "g", inputs, [y], list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = make_model(nodes, inputs, [("y", [f"y{i}" for i in range(rank)])], inits, opset=opset, check=False)
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
     return model
@@ -82,7 +81,7 @@ def test_a_declared_minus_one_output_dim_does_not_veto_every_size():
     for dim in model.graph.output[0].type.tensor_type.shape.dim:
         dim.dim_value = -1
     graph = onnx_io.load(model)
-    assert onnx_io.shape_inference_accepts(graph, {"x": (1, 3, 32, 32)})
+    assert onnx_checks.shape_inference_accepts(graph, {"x": (1, 3, 32, 32)})
     assert choose_input_shapes(graph).shapes == {"x": (1, 3, SPATIAL_SIZES[0], SPATIAL_SIZES[0])}
 
 
@@ -240,8 +239,8 @@ def test_fuse_conv1x1_chain_fires_with_dynamic_spatial_dims():
     result = optimizer.optimize(model, passes="fuse-conv1x1-chain")
     assert [n.op_type for n in result.graph.nodes] == ["Conv"]
     (decision,) = result.pipeline.passes[0].decisions
-    assert decision["applied"] and (decision["macs_before"], decision["macs_after"]) == (4 * 16 + 16 * 4, 4 * 4)
-    assert "output position" in decision["macs_per"]
+    assert decision.applied and (decision.macs_before, decision.macs_after) == (4 * 16 + 16 * 4, 4 * 4)
+    assert "output position" in decision.macs_per
     assert result.verification.passed and result.shapes.shapes["x"][2:] == (SPATIAL_SIZES[0],) * 2
     fused = result.model
     x = RNG.standard_normal((2, 4, 7, 9)).astype(np.float32)  # any size: the fusion does not depend on it
@@ -257,4 +256,4 @@ def test_dynamic_chain_decision_is_the_static_decision(r, applied):
         model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                        inits=[_weight("w1", r, 4, 1, 1), _weight("w2", 4, r, 1, 1)])
         result = optimizer.optimize(model, passes="fuse-conv1x1-chain", verify=False)
-        assert result.pipeline.passes[0].decisions[0]["applied"] is applied
+        assert result.pipeline.passes[0].decisions[0].applied is applied

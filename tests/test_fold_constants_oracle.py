@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
 from optimizer.executor import lookup
+from support import ort_run
 
 EXAMPLES = int(os.environ.get("NINOPT_FOLD_EXAMPLES", 300))
 OPSET = 18

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
+from support import ort_run
 
 EXAMPLES = int(os.environ.get("NINOPT_FUZZ_EXAMPLES", 500))
 #: Rewrites per pass over the fuzz run, so a generator (or import path) that exercises nothing is caught.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import optimizer
-from conftest import FIXTURES_DIR
 from optimizer.cli import main
+from support import FIXTURES_DIR
 
 MODEL = f"{FIXTURES_DIR}/inception_module.onnx"
 

@@ -72,14 +72,13 @@ def test_verification_failures_show_the_per_output_report(pytester, zoo):
     """
     pytester.makeconftest('''
 import numpy as np
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass
+from optimizer.pipeline import GraphPass, register_pass
 
-@register_pass("test-plugin-drift", exact=True, default=False)
-class Drift(Pass):
+@register_pass("test-plugin-drift", exact=True)
+class Drift(GraphPass):
     """Scale the first Conv weight (deliberately wrong)."""
     done = False
-    def run(self, g, stats):
+    def run(self, g, ctx):
         if self.done:
             return False
         conv = next(n for n in g.nodes if n.op_type == "Conv")

@@ -12,20 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import FIXTURES_DIR, ort_run
 from optimizer.cli import main
 from optimizer.errors import VerificationError
 from optimizer.executor import registry
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass, unregister_pass
+from optimizer.pipeline import GraphPass, register_pass, unregister_pass
 from optimizer.verification import NOISE_FACTOR, Criterion
+from support import FIXTURES_DIR, make_model, ort_run, to_float16
 
 RNG = np.random.default_rng(7)
-
-
-def _model(nodes, inputs, outputs, inits=(), opset=13) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
 def _vi(name, shape, elem=TensorProto.FLOAT):
@@ -44,8 +38,8 @@ def conv_stack() -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
-    return _model(nodes, [_vi("x", [1, 8, 16, 16])], [_vi("y", [1, 4, 16, 16])],
-                  [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return make_model(nodes, [_vi("x", [1, 8, 16, 16])], [_vi("y", [1, 4, 16, 16])],
+                      [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
 
 
 def test_criterion_is_the_larger_of_the_floor_and_k_noise_floors():
@@ -57,19 +51,19 @@ def test_criterion_is_the_larger_of_the_floor_and_k_noise_floors():
 # ---------------------------------------------------------------------- a wrong rewrite is caught
 @pytest.fixture
 def nudging_pass():
-    @register_pass("test-nudge-weight", exact=True, default=False)
-    class NudgeWeight(Pass):
+    @register_pass("test-nudge-weight", exact=True)
+    class NudgeWeight(GraphPass):
         """Test only: scales the largest weight of the last conv by (1 + 1e-4), as a subtly wrong rewrite would."""
 
-        def run(self, g, stats):
-            if stats.rewrites:
+        def run(self, g, ctx):
+            if ctx.stats.rewrites:
                 return False
             name = [n for n in g.nodes if n.op_type == "Conv"][-1].inputs[1]
             w = g.const(name).copy()
             at = np.unravel_index(np.abs(w).argmax(), w.shape)
             w[at] *= np.float32(1 + 1e-4)
             g.set_const(name, w)
-            stats.rewrites += 1
+            ctx.stats.rewrites += 1
             return True
 
     yield "test-nudge-weight"
@@ -93,7 +87,7 @@ def sqrt_scaled_model() -> onnx.ModelProto:
     """y = x * Sqrt(c): fold-constants computes Sqrt(c) on the executor."""
     c = RNG.uniform(0.5, 2.0, (1, 4, 1, 1)).astype(np.float32)
     nodes = [helper.make_node("Sqrt", ["c"], ["s"], name="root_of_c"), helper.make_node("Mul", ["x", "s"], ["y"])]
-    return _model(nodes, [_vi("x", [1, 4, 3, 3])], [_vi("y", [1, 4, 3, 3])], [numpy_helper.from_array(c, "c")])
+    return make_model(nodes, [_vi("x", [1, 4, 3, 3])], [_vi("y", [1, 4, 3, 3])], [numpy_helper.from_array(c, "c")])
 
 
 @pytest.fixture
@@ -126,7 +120,7 @@ def test_runtimes_disagreeing_on_the_input_name_the_node_and_blame_no_pass(broke
     nodes = [helper.make_node("Abs", ["x"], ["a"], name="abs"), helper.make_node("Add", ["a", "one"], ["b"], name="add"),
              helper.make_node("Neg", ["x"], ["z"], name="neg"), helper.make_node("Sqrt", ["b"], ["s"], name="the_sqrt"),
              helper.make_node("Relu", ["s"], ["r"], name="relu"), helper.make_node("Mul", ["r", "x"], ["y"], name="mul")]
-    model = _model(nodes, [_vi("x", [2, 5])], [_vi("y", [2, 5]), _vi("z", [2, 5])], [one])
+    model = make_model(nodes, [_vi("x", [2, 5])], [_vi("y", [2, 5]), _vi("z", [2, 5])], [one])
     result = optimizer.optimize(model)  # both runtimes agree with themselves: nothing to refuse
     assert result.verification.passed and result.oracle.verification.passed
     assert result.oracle.original_agrees is False
@@ -141,9 +135,9 @@ def test_oracles_are_recorded_and_a_model_onnxruntime_cannot_load_falls_back(mon
     key = ("test.custom", "Twice")
     monkeypatch.setitem(registry._KERNELS, key, [registry.KernelSpec("Twice", "test.custom", 1, None,
                                                                      lambda ctx, x: x + x)])
-    custom = _model([helper.make_node("Twice", ["x"], ["t"], domain="test.custom"), helper.make_node("Relu", ["t"], ["y"])],
-                    [_vi("x", [2, 3])], [_vi("y", [2, 3])])
-    custom.opset_import.append(helper.make_opsetid("test.custom", 1))
+    custom = make_model([helper.make_node("Twice", ["x"], ["t"], domain="test.custom"),
+                         helper.make_node("Relu", ["t"], ["y"])],
+                        [_vi("x", [2, 3])], [_vi("y", [2, 3])], opset={"": 13, "test.custom": 1})
     result = optimizer.optimize(custom)
     assert result.verification.passed and result.oracle.used == ["executor"]
     assert result.oracle.fallback.startswith("onnxruntime cannot load it")
@@ -163,7 +157,7 @@ def log_model(clip_low: float | None) -> onnx.ModelProto:
     nodes = [first, helper.make_node("Log", ["p"], ["y"]),
              helper.make_node("Div", ["one", "p"], ["z"])]  # +inf where p == 0
     inits.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
-    return _model(nodes, [_vi("x", [4, 8])], [_vi("y", [4, 8]), _vi("z", [4, 8])], inits)
+    return make_model(nodes, [_vi("x", [4, 8])], [_vi("y", [4, 8]), _vi("z", [4, 8])], inits)
 
 
 def test_verify_refuses_models_that_differ_where_one_is_infinite(tmp_path, capsys):
@@ -172,7 +166,7 @@ def test_verify_refuses_models_that_differ_where_one_is_infinite(tmp_path, capsy
     assert "where a value is inf or NaN at" in capsys.readouterr().err
     report = optimizer.verify(a, b)
     y = report["y"]
-    x = optimizer.verification.random_inputs(optimizer.load(a), seed=0)["x"]
+    x = optimizer.inputs.random_inputs(optimizer.load(a), seed=0)["x"]
     assert y.nonfinite_mismatches == int((x <= 0).sum()) > 0 and x[y.first_mismatch] <= 0
     assert y.max_abs < 1e-6  # the finite positions agree: the verdict comes from the infinities
     json.dumps(report.to_dict())
@@ -193,9 +187,9 @@ def test_equal_infinities_pass_and_self_comparison_is_exact(tmp_path):
 
 
 def test_nan_on_one_side_only_fails_and_nan_on_both_passes():
-    sqrt = _model([helper.make_node("Sqrt", ["x"], ["y"])], [_vi("x", [6])], [_vi("y", [6])])
-    absolute = _model([helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Sqrt", ["a"], ["y"])],
-                      [_vi("x", [6])], [_vi("y", [6])])
+    sqrt = make_model([helper.make_node("Sqrt", ["x"], ["y"])], [_vi("x", [6])], [_vi("y", [6])])
+    absolute = make_model([helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Sqrt", ["a"], ["y"])],
+                          [_vi("x", [6])], [_vi("y", [6])])
     x = {"x": np.array([-1, 0, 1, 4, -2, 9], np.float32)}
     assert optimizer.verify(sqrt, sqrt, inputs=x).passed
     report = optimizer.verify(sqrt, absolute, inputs=x)
@@ -203,18 +197,6 @@ def test_nan_on_one_side_only_fails_and_nan_on_both_passes():
 
 
 # ---------------------------------------------------------------------- float16 at its own precision
-def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with float32 weights, inputs and outputs made float16."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for i, t in enumerate(model.graph.initializer):
-        if t.data_type == TensorProto.FLOAT:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
-            v.type.tensor_type.elem_type = TensorProto.FLOAT16
-    return model
-
-
 @pytest.mark.parametrize("stem", ["resnet_bottleneck_bn", "repvgg_stage", "bottleneck_64_8_64"])
 def test_float16_models_optimize_at_their_own_noise(stem, tmp_path):
     model = to_float16(onnx.load(f"{FIXTURES_DIR}/{stem}.onnx"))

@@ -12,7 +12,8 @@ from onnx import helper, numpy_helper
 
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
-from optimizer.verification import random_inputs, verify
+from optimizer.inputs import random_inputs
+from optimizer.verification import verify
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ort_run
 from fixtures import wild
 from optimizer import cli, load
-from optimizer.verification import random_inputs
+from optimizer.inputs import random_inputs
+from support import ort_run
 
 MODELS = [path.name for path in wild.model_paths()]
 #: run vs onnxruntime: relative to the output's largest magnitude; see the exceptions below

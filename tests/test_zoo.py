@@ -18,8 +18,7 @@ from optimizer import api
 from optimizer import zoo_runner as zoo
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
-from optimizer.pipeline import Pass
-from optimizer.registry import register_pass, unregister_pass
+from optimizer.pipeline import GraphPass, register_pass, unregister_pass
 from optimizer.zoo_runner import LAYER_OPS, ZooReport, compare_baseline, find_models, render_table, run_model, run_zoo
 
 GOOD = ["inception_module", "resnet_bottleneck_bn", "identity_dropout"]
@@ -92,6 +91,16 @@ def test_bad_arguments_raise_before_any_work(tmp_path, zoo_dir):
         run_zoo([zoo_dir], jobs=0, progress=False)
     with pytest.raises(NinoptError, match="unknown pass 'no-such-pass'"):
         run_zoo([zoo_dir], passes="no-such-pass", progress=False)
+    with pytest.raises(NinoptError, match="unknown pipeline 'fastest'"):
+        run_zoo([zoo_dir], pipeline="fastest", progress=False)
+
+
+def test_a_named_pipeline_runs_on_every_model(fixtures_dir):
+    report = run_zoo([os.path.join(fixtures_dir, "resnet_bottleneck_bn.onnx")], pipeline="constant-folding",
+                     progress=False)
+    (row,) = report.models
+    assert report.meta["pipeline"] == "constant-folding" and report.meta["passes"] == ["fold-constants"]
+    assert set(row["passes"]) == {"fold-constants"} and row["verdict"] == "pass"
 
 
 def test_builtin_light_finds_the_nine_light_models(light_zoo_dir):
@@ -103,19 +112,19 @@ def test_builtin_light_finds_the_nine_light_models(light_zoo_dir):
 def drifting_pass():
     """A throwaway pass that scales the first Conv weight by 1.01: a wrong rewrite verification must catch."""
 
-    @register_pass("test-zoo-drift", exact=True, default=False)
-    class Drift(Pass):
+    @register_pass("test-zoo-drift", exact=True)
+    class Drift(GraphPass):
         """Scale one conv weight (deliberately wrong)."""
 
         done = False
 
-        def run(self, g, stats):
+        def run(self, g, ctx):
             if self.done:
                 return False
             conv = next(n for n in g.nodes if n.op_type == "Conv")
             g.set_const(conv.inputs[1], g.const(conv.inputs[1]) * np.float32(1.01))
             self.done = True
-            stats.rewrites += 1
+            ctx.stats.rewrites += 1
             return True
 
     yield "test-zoo-drift"

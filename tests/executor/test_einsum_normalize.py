@@ -10,18 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor_testing import make_model, run_ort, run_ours
+from support import assert_matches_onnxruntime, one_node_model as make_model, run_ours
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 LETTER_SIZES = {"a": 2, "b": 3, "c": 1, "d": 4, "i": 3, "j": 2}
 
 
 def agree(model, feeds, rtol=1e-5, atol=1e-5):
-    got, want = run_ours(model, feeds), run_ort(model, feeds)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return got
+    return assert_matches_onnxruntime(model, feeds, rtol=rtol, atol=atol)
 
 
 @st.composite

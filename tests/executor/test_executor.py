@@ -9,12 +9,14 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from executor_testing import make_model
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
 from optimizer.executor import (
-    Executor, FeedError, KernelError, ResourceLimitError, UnsupportedOpError, run, unsupported_ops,
+    Executor, FeedError, KernelError, ResourceLimitError, UnsupportedOpError, bn_is_training, has_kernel, run, run_node,
+    unsupported_ops,
 )
+from optimizer.ir import Node
+from support import one_node_model as make_model
 
 
 def chain_model(n: int = 4, shape=(256, 256)) -> onnx.ModelProto:
@@ -179,3 +181,56 @@ def test_ir3_initializer_inputs_may_be_overridden():
     assert graph.feed_inputs() == ["x"]
     np.testing.assert_array_equal(run(graph, {"x": FEED})["y0"], FEED + 1)
     np.testing.assert_array_equal(run(graph, {"x": FEED, "b": np.full(4, 2, np.float32)})["y0"], FEED + 2)
+
+
+# ---------------------------------------------------------------------- public API for one node / captures
+def test_run_node_gives_every_output_in_order_as_the_executor_does():
+    x = np.random.default_rng(3).standard_normal((2, 7)).astype(np.float32)
+    model = make_model("TopK", {"x": x}, n_outputs=2, initializers={"k": np.array([3], np.int64)}, axis=1)
+    graph = onnx_io.load(model)
+    node = graph.nodes[0]
+    values, indices = run_node(node, [x, np.array([3], np.int64)], graph.opset())
+    expected = run(graph, {"x": x})
+    np.testing.assert_array_equal(values, expected["y0"])
+    np.testing.assert_array_equal(indices, expected["y1"])
+    assert indices.dtype == np.int64 and values.shape == (2, 3)
+
+
+def test_run_node_raises_the_executor_errors():
+    reshape = Node("Reshape", ["x", "s"], ["y"], name="r")
+    with pytest.raises(KernelError, match=r"^Reshape node 'r' failed: cannot reshape"):
+        run_node(reshape, [FEED, np.array([5, 5], np.int64)], 13)
+    grow = Node("ConstantOfShape", ["s"], ["y"], name="c")
+    assert run_node(grow, [np.array([64, 64], np.int64)], 13)[0].shape == (64, 64)
+    with pytest.raises(ResourceLimitError, match="^ConstantOfShape node 'c'"):
+        run_node(grow, [np.array([64, 64], np.int64)], 13, max_tensor_bytes=1024)
+    with pytest.raises(UnsupportedOpError, match="NoSuchOp"):
+        run_node(Node("NoSuchOp", ["x"], ["y"]), [FEED], 13)
+    with pytest.raises(UnsupportedOpError, match="subgraphs"):
+        run_node(Node("If", ["c"], ["y"]), [np.array(True)], 13)
+
+
+def test_has_kernel_honours_the_kernels_own_check():
+    assert has_kernel(Node("LpNormalization", ["x"], ["y"], {"p": 2}), 13)
+    assert not has_kernel(Node("LpNormalization", ["x"], ["y"], {"p": 3}), 13)
+    assert not has_kernel(Node("NoSuchOp", ["x"], ["y"]), 13)
+    assert not has_kernel(Node("Relu", ["x"], ["y"]), 0)  # before the op existed
+
+
+def test_outputs_returns_intermediates_in_place_of_the_graph_outputs():
+    graph = onnx_io.load(chain_model(4, (2, 3)))
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    got = Executor(graph, outputs=["t1", "t2"]).run({"t0": x})
+    assert sorted(got) == ["t1", "t2"]
+    np.testing.assert_array_equal(got["t1"], -x)
+    np.testing.assert_array_equal(got["t2"], np.maximum(-x, 0))
+    assert graph.outputs == ["t4"]  # the caller's graph is left alone
+    with pytest.raises(NinoptError, match="'nope'"):
+        Executor(graph, outputs=["t1", "nope"])
+
+
+def test_bn_is_training_follows_the_opset():
+    assert bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y"], {"training_mode": 1}), 14)
+    assert not bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y"]), 14)
+    assert bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y", "m", "v"]), 9)
+    assert not bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y", "", ""]), 9)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor_testing import make_model, run_ort, run_ours
 from optimizer.executor.conformance import PASSED, Case, check_case
+from support import assert_matches_onnxruntime, one_node_model as make_model, run_ort, run_ours
 
 #: The ops these kernels added, and the onnx modules whose import generates their node cases.
 OPS = {
@@ -59,11 +59,7 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_
 
 
 def agree(model, feeds):
-    got, want = run_ours(model, feeds), run_ort(model, feeds)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+    assert_matches_onnxruntime(model, feeds, rtol=1e-6, atol=1e-6)
 
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)

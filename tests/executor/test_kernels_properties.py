@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from executor_testing import make_model, run_ort, run_ours
+from support import assert_matches_onnxruntime, one_node_model as make_model, run_ort, run_ours
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None, derandomize=True)
 
@@ -19,11 +19,7 @@ def rand(seed, *shape):
 
 
 def assert_agree(model, feeds, rtol=1e-4, atol=1e-5):
-    want = run_ort(model, feeds)
-    got = run_ours(model, feeds)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.shape, w.shape)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    assert_matches_onnxruntime(model, feeds, rtol=rtol, atol=atol)
 
 
 @st.composite

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from executor_testing import ONNX_DATA, randomize_weights, run_ort, run_ours
 from optimizer import onnx_io
 from optimizer.executor import run
+from support import ONNX_DATA, randomize_weights, run_ort, run_ours
 
 LIGHT = ONNX_DATA / "light"
 MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))

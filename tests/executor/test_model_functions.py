@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.executor import Executor, unsupported_ops
+from support import ort_run, random_feeds
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "control_flow.onnx"
 

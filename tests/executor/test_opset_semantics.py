@@ -8,7 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from executor_testing import make_model, run_ort, run_ours
+from support import assert_matches_onnxruntime, one_node_model as make_model, run_ours
 
 R = np.random.default_rng(0)
 X34 = R.standard_normal((2, 3, 4)).astype(np.float32)
@@ -16,12 +16,7 @@ X4 = R.standard_normal((2, 3, 4, 5)).astype(np.float32)
 
 
 def agree(model, feeds, rtol=1e-5, atol=1e-6):
-    got, want = run_ours(model, feeds), run_ort(model, feeds)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return got
+    return assert_matches_onnxruntime(model, feeds, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])

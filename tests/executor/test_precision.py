@@ -18,10 +18,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from executor_testing import ONNX_DATA, make_model, randomize_weights, run_ort, run_ours
 from optimizer import onnx_io
 from optimizer.errors import NinoptError
 from optimizer.executor import Executor, run
+from support import ONNX_DATA, one_node_model as make_model, randomize_weights, run_ort, run_ours
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from executor_testing import make_model, run_ort, run_ours
 from optimizer import onnx_io
 from optimizer.executor import Executor, KernelError, conformance
+from support import assert_matches_onnxruntime, one_node_model as make_model, run_ort, run_ours
 
 SETTINGS = dict(max_examples=50, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -44,11 +44,7 @@ def test_official_node_case(case):
 # ---------------------------------------------------------------------- helpers
 def assert_same(model, feeds):
     """Our outputs equal onnxruntime's exactly (dtype, shape and every value; NaN matches NaN)."""
-    want = run_ort(model, feeds)
-    got = run_ours(model, feeds)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype, g.shape, w.shape)
-        np.testing.assert_array_equal(g, w)
+    assert_matches_onnxruntime(model, feeds)
 
 
 def integers(rng, dtype, shape, low=None, high=None):

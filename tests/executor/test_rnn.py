@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor_testing import make_model, run_ort, run_ours
 from optimizer import onnx_io
 from optimizer.executor import Executor, ResourceLimitError, UnsupportedOpError, conformance
+from support import one_node_model as make_model, run_ort, run_ours
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 ACTIVATIONS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}

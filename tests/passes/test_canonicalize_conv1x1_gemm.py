@@ -12,23 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import passes.canonicalize_conv1x1_gemm  # noqa: F401  (registers the pass and fuse-conv1x1-chain)
-from conftest import assert_rewrite_agrees, light_model_id, LIGHT_MODELS, ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.cost import analyze_costs
 from optimizer.ir import Graph
-from optimizer.pipeline import PassManager
-from optimizer.registry import get_pass
+from support import (LIGHT_MODELS, assert_agrees, assert_second_run_changes_nothing, light_model_id, make_model,
+                     ort_run, random_feeds, run_passes)
 
 PASS = "canonicalize-conv1x1-gemm"
 F = TensorProto.FLOAT
-
-
-def make(nodes, x_shape, inits, *, opset=13, out_rank=4, extra_inputs=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "canon", [helper.make_tensor_value_info("x", F, list(x_shape)), *extra_inputs],
-                              [helper.make_tensor_value_info("y", F, [None] * out_rank)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def const(name, array) -> onnx.TensorProto:
@@ -39,19 +30,8 @@ def rand(*shape, seed=0):
     return np.random.default_rng(seed + sum(shape)).standard_normal(shape).astype(np.float32)
 
 
-def run_passes(g: Graph, *names: str):
-    report = PassManager([get_pass(n).create() for n in (names or (PASS,))]).run(g)
-    return {s.name: s for s in report.passes}
-
-
 def ops(g: Graph) -> list[str]:
     return [n.op_type for n in g.toposort()]
-
-
-def assert_second_run_changes_nothing(g: Graph, *names: str) -> None:
-    version = g.version
-    assert all(s.rewrites == 0 for s in run_passes(g, *names).values())
-    assert g.version == version
 
 
 # ====================================================================== (b) Transpose-MatMul-Transpose
@@ -76,7 +56,7 @@ def nhwc_model(*, bias="right", c=6, cout=5, x_shape=None, back_perm=None, bias_
     nodes.append(helper.make_node("Transpose", [last], ["y"], name="to_nchw", perm=to_nchw))
     if extra_nhwc:
         nodes.append(helper.make_node("Relu", ["nhwc"], ["side"], name="side"))
-    model = make(nodes, x_shape, inits, out_rank=rank, extra_inputs=extra_inputs)
+    model = make_model(nodes, [("x", x_shape), *extra_inputs], [("y", [None] * rank)], inits, name="canon")
     if extra_nhwc:
         model.graph.output.append(helper.make_tensor_value_info("side", F, [None] * rank))
     return model
@@ -87,7 +67,7 @@ def test_transpose_matmul_transpose_becomes_one_1x1_conv(bias):
     model = nhwc_model(bias=bias)
     g = onnx_io.load(model)
     macs = analyze_costs(g).total_macs
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert (stats.rewrites, dict(stats.refusals)) == (1, {})
     assert ops(g) == ["Conv"]
     (conv,) = g.nodes
@@ -95,26 +75,26 @@ def test_transpose_matmul_transpose_becomes_one_1x1_conv(bias):
     assert g.const(conv.inputs[1]).shape == (5, 6, 1, 1)
     assert len(conv.inputs) == (3 if bias else 2)
     (decision,) = stats.decisions
-    assert decision["applied"] and decision["macs_after"] == decision["macs_before"] == macs
-    assert decision["nodes_before"] == (4 if bias else 3) and decision["nodes_after"] == 1
+    assert decision.applied and decision.macs_after == decision.macs_before == macs
+    assert decision.nodes_before == (4 if bias else 3) and decision.nodes_after == 1
     assert analyze_costs(g).total_macs == macs
-    assert_rewrite_agrees(model, g, seed=3)
-    assert_second_run_changes_nothing(g)
+    assert_agrees(model, g, seed=3)
+    assert_second_run_changes_nothing(g, PASS)
 
 
 def test_channels_last_1d_and_broadcast_bias():
     model = nhwc_model(x_shape=(1, 6, 7), bias_shape=(1, 1, 5))
     g = onnx_io.load(model)
-    assert run_passes(g)[PASS].rewrites == 1 and ops(g) == ["Conv"]
-    assert_rewrite_agrees(model, g, seed=3)
+    assert run_passes(g, PASS)[PASS].rewrites == 1 and ops(g) == ["Conv"]
+    assert_agrees(model, g, seed=3)
 
 
 def test_nhwc_tensor_read_elsewhere_keeps_its_transpose():
     model = nhwc_model(extra_nhwc=True)
     g = onnx_io.load(model)
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert stats.rewrites == 1 and sorted(ops(g)) == ["Conv", "Relu", "Transpose"]
-    assert stats.decisions[0]["nodes_before"] == 3 and stats.decisions[0]["nodes_after"] == 1
+    assert stats.decisions[0].nodes_before == 3 and stats.decisions[0].nodes_after == 1
     feeds = random_feeds(model, seed=0)
     for e, a in zip(ort_run(model, feeds), ort_run(onnx_io.to_model_proto(g), feeds)):
         assert np.max(np.abs(a - e)) <= 1e-5 * np.max(np.abs(e))
@@ -128,7 +108,7 @@ def test_nhwc_tensor_read_elsewhere_keeps_its_transpose():
 def test_transpose_refusals(kwargs, reason):
     g = onnx_io.load(nhwc_model(**kwargs))
     version = g.version
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert dict(stats.refusals) == {reason: 1}
     assert g.version == version and "Conv" not in ops(g)
 
@@ -137,7 +117,7 @@ def test_matmul_output_read_elsewhere_is_refused():
     model = nhwc_model(bias=None)
     model.graph.output.append(helper.make_tensor_value_info("product", F, [None] * 4))
     g = onnx_io.load(model)
-    assert dict(run_passes(g)[PASS].refusals) == {"the MatMul or Add output has other readers": 1}
+    assert dict(run_passes(g, PASS)[PASS].refusals) == {"the MatMul or Add output has other readers": 1}
 
 
 # ====================================================================== (a) Gemm on a 1x1 map
@@ -172,7 +152,7 @@ def gemm_model(*, c=8, cout=6, n=1, after=None, pool="GlobalAveragePool", flatte
     elif after == "Unsqueeze":
         inits.append(const("axes", np.array([2, 3], np.int64)))
         nodes.append(helper.make_node("Unsqueeze", ["fc", "axes"], ["y"], name="back"))
-    return make(nodes, x_shape, inits, out_rank=2 if after is None else 4)
+    return make_model(nodes, [("x", x_shape)], [("y", [None] * (2 if after is None else 4))], inits, name="canon")
 
 
 @pytest.mark.parametrize("after", ["Reshape", "Unsqueeze"])
@@ -180,29 +160,29 @@ def gemm_model(*, c=8, cout=6, n=1, after=None, pool="GlobalAveragePool", flatte
 def test_gemm_reshaped_back_to_a_map_becomes_a_1x1_conv(after, pool, flatten):
     model = gemm_model(after=after, pool=pool, flatten=flatten)
     g = onnx_io.load(model)
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert (stats.rewrites, dict(stats.refusals)) == (1, {})
     assert ops(g) == [pool, "Conv"]
     conv = g.producer("y")
     assert conv.op_type == "Conv" and conv.name == "gemm" and g.const(conv.inputs[1]).shape == (6, 8, 1, 1)
     (decision,) = stats.decisions
-    assert decision["applied"] and decision["macs_before"] == decision["macs_after"] == 48
-    assert (decision["nodes_before"], decision["nodes_after"]) == (3, 1)
-    assert_rewrite_agrees(model, g, seed=3)
-    assert_second_run_changes_nothing(g)
+    assert decision.applied and decision.macs_before == decision.macs_after == 48
+    assert (decision.nodes_before, decision.nodes_after) == (3, 1)
+    assert_agrees(model, g, seed=3)
+    assert_second_run_changes_nothing(g, PASS)
 
 
 def test_gemm_alpha_beta_untransposed_weights_and_row_bias():
     model = gemm_model(after="Reshape", n=2, gemm_attrs={"alpha": 0.5, "beta": -2.0}, bias_shape=(1, 6))
     g = onnx_io.load(model)
-    assert run_passes(g)[PASS].rewrites == 1 and ops(g) == ["GlobalAveragePool", "Conv"]
-    assert_rewrite_agrees(model, g, seed=3)
+    assert run_passes(g, PASS)[PASS].rewrites == 1 and ops(g) == ["GlobalAveragePool", "Conv"]
+    assert_agrees(model, g, seed=3)
 
 
 def test_plain_classifier_gemm_has_nothing_to_unlock():
     g = onnx_io.load(gemm_model())
     version = g.version
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert dict(stats.refusals) == {"nothing to unlock": 1}
     assert g.version == version and ops(g) == ["GlobalAveragePool", "Flatten", "Gemm"]
 
@@ -217,9 +197,9 @@ def test_gemm_after_a_conv_becomes_a_1x1_that_the_chain_pass_fuses():
     assert ops(g) == ["Conv", "Flatten"]
     assert g.const(g.producer(g.producer("y").inputs[0]).inputs[1]).shape == (6, 4, 3, 3)
     decision = stats[PASS].decisions[0]
-    assert decision["unlocks"] == "fuse-conv1x1-chain with conv" and decision["nodes_after"] == 2
+    assert decision.unlocks == "fuse-conv1x1-chain with conv" and decision.nodes_after == 2
     assert analyze_costs(g).total_macs < macs
-    assert_rewrite_agrees(model, g, seed=3)
+    assert_agrees(model, g, seed=3)
     assert_second_run_changes_nothing(g, PASS, "fuse-conv1x1-chain")
 
 
@@ -237,7 +217,7 @@ def test_gemm_after_a_conv_that_should_stay_a_bottleneck_has_nothing_to_unlock()
 def test_gemm_refusals(kwargs, reason):
     model = gemm_model(**kwargs)
     g = onnx_io.load(model)
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     assert dict(stats.refusals) == {reason: 1} and "Conv" not in ops(g)
 
 
@@ -247,7 +227,7 @@ def test_gemm_with_runtime_weights_is_refused():
     model.graph.input.append(helper.make_tensor_value_info("gw", F, list(gw.dims)))
     model.graph.initializer.remove(gw)
     g = onnx_io.load(model)
-    assert dict(run_passes(g)[PASS].refusals) == {"the Gemm's weights or bias are not constant": 1}
+    assert dict(run_passes(g, PASS)[PASS].refusals) == {"the Gemm's weights or bias are not constant": 1}
 
 
 # ====================================================================== the light zoo
@@ -264,7 +244,7 @@ def test_light_zoo_classifier_gemms_are_left_alone(path):
     g = onnx_io.load(path)
     run_passes(g, "fold-constants")
     version = g.version
-    stats = run_passes(g)[PASS]
+    stats = run_passes(g, PASS)[PASS]
     expected = ZOO_REFUSALS[light_model_id(path)]
     assert dict(stats.refusals) == ({expected: 1} if expected else {})
     assert stats.rewrites == 0 and g.version == version
@@ -275,7 +255,7 @@ def test_symbolic_batch_still_converts_since_the_multiplications_are_the_same(bu
     model = build()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     g = onnx_io.load(model)
-    stats = run_passes(g)[PASS]
-    assert stats.rewrites == 1 and stats.decisions[0]["macs_before"] is None is stats.decisions[0]["macs_after"]
+    stats = run_passes(g, PASS)[PASS]
+    assert stats.rewrites == 1 and stats.decisions[0].macs_before is None is stats.decisions[0].macs_after
     assert ops(g)[-1] == "Conv"
-    assert_rewrite_agrees(model, g, seed=3)
+    assert_agrees(model, g, seed=3)

@@ -4,21 +4,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_rewrite_agrees
 from optimizer import onnx_io
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
+from support import assert_agrees, make_model
 
 
 def run(graph):
     return PassManager([get_pass("constant-to-initializer").create()]).run(graph).passes[0]
-
-
-def _model(nodes, inputs, outputs, opset=13):
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])
@@ -37,13 +30,13 @@ def test_every_attribute_form_becomes_an_initializer_and_the_numbers_agree():
              helper.make_node("Mul", ["x", "t"], ["a"]), helper.make_node("Add", ["a", "f"], ["b"]),
              helper.make_node("Sub", ["b", "fs"], ["c"]), helper.make_node("Add", ["c", "s"], ["d"]),
              helper.make_node("Reshape", ["d", "shape"], ["e"]), helper.make_node("Unsqueeze", ["e", "axis"], ["y"])]
-    model = _model(nodes, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 2])])
+    model = make_model(nodes, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 2])])
     graph = onnx_io.load(model)
     stats = run(graph)
     assert stats.rewrites == 6 and [n.op_type for n in graph.nodes] == ["Mul", "Add", "Sub", "Add", "Reshape", "Unsqueeze"]
     assert graph.const("axis").shape == () and graph.const("axis").dtype == np.int64
     assert list(graph.const("s")) == [0, 3, 0, 0, -2] and graph.const("f").dtype == np.float32
-    assert_rewrite_agrees(model, graph)
+    assert_agrees(model, graph)
 
 
 def test_a_subgraph_reading_an_outer_constant_keeps_working():
@@ -54,18 +47,18 @@ def test_a_subgraph_reading_an_outer_constant_keeps_working():
     nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.full(5, 2.0, np.float32))),
              helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True))),
              helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)]
-    model = _model(nodes, [X], [Y])
+    model = make_model(nodes, [X], [Y])
     graph = onnx_io.load(model)
     assert run(graph).rewrites == 2 and [n.op_type for n in graph.nodes] == ["If"]
     assert "k" in graph.initializers
-    assert_rewrite_agrees(model, graph)
+    assert_agrees(model, graph)
 
 
 def test_refuses_graph_outputs_and_string_constants_with_the_reason():
     strings = helper.make_node("Constant", [], ["names"], value_strings=["a", "b"])
     nodes = [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones((2, 5), np.float32))), strings,
              helper.make_node("Identity", ["names"], ["z"])]
-    model = _model(nodes, [], [Y, helper.make_tensor_value_info("z", TensorProto.STRING, [2])])
+    model = make_model(nodes, [], [Y, helper.make_tensor_value_info("z", TensorProto.STRING, [2])])
     graph = onnx_io.load(model)
     stats = run(graph)
     assert stats.rewrites == 0 and sorted(n.op_type for n in graph.nodes) == ["Constant", "Constant", "Identity"]
@@ -74,7 +67,7 @@ def test_refuses_graph_outputs_and_string_constants_with_the_reason():
 
 def test_a_second_run_changes_nothing():
     nodes = [helper.make_node("Constant", [], ["t"], value_floats=[1.0] * 5), helper.make_node("Mul", ["x", "t"], ["y"])]
-    graph = onnx_io.load(_model(nodes, [X], [Y]))
+    graph = onnx_io.load(make_model(nodes, [X], [Y]))
     assert run(graph).rewrites == 1
     version = graph.version
     assert run(graph).rewrites == 0 and graph.version == version

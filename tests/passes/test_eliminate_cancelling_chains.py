@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_rewrite_agrees
 from optimizer import onnx_io
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
 from passes.eliminate_cancelling_chains import widens_exactly
+from support import assert_agrees, make_model
 
 F, D, I32, I64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT32, TensorProto.INT64
 
@@ -26,11 +26,7 @@ def _f32(name, values):
 
 
 def _model(nodes, x_shape, y_shape, inits=()):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, x_shape)],
-                              [helper.make_tensor_value_info("y", F, y_shape)], list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [("x", x_shape)], [("y", y_shape)], inits, check=False)
 
 
 N = helper.make_node
@@ -69,7 +65,7 @@ def test_fires_and_the_numbers_agree(case):
     assert run(graph).rewrites >= 1
     PassManager([get_pass("eliminate-dead-nodes").create()]).run(graph)
     assert sorted(n.op_type for n in graph.nodes) == left
-    assert_rewrite_agrees(model, graph)
+    assert_agrees(model, graph)
     version = graph.version
     assert run(graph).rewrites == 0 and graph.version == version  # a second run changes nothing
 

@@ -3,7 +3,6 @@
 The four kinds of test from DESIGN.md on the fixtures, small hand-built models (one per
 op and opset form, one per refusal) and the light zoo, both with its constant 0.02 weights
 and with seeded random ones (on constant weights a wrong channel mapping would go unseen).
-The helpers at the top are shared with test_fold_affine.py.
 """
 
 from __future__ import annotations
@@ -12,159 +11,33 @@ import os
 from collections import Counter
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import passes.fold_affine  # noqa: F401  (registers the passes; the lead adds them to the default pipeline)
 import passes.fold_batchnorm  # noqa: F401
-from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id, ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.cost import analyze_costs
-from optimizer.executor import run as execute
-from optimizer.ir import Graph
-from optimizer.pipeline import PassManager
-from optimizer.registry import get_pass
+from support import (FIXTURES_DIR, FOLD_PIPELINE, FOLD_ZOO_REWRITES, LIGHT, LIGHT_MODELS, assert_agrees,
+                     assert_random_weights_agree, assert_second_run_changes_nothing, bn_node, bn_params, he_weights,
+                     light_model_id, make_model, op_counts, run_passes)
 
 PASS = "fold-batchnorm"
-PIPELINE = ["fold-constants", "fold-batchnorm", "fold-affine", "eliminate-dead-nodes", "eliminate-unused-initializers"]
-#: Exact passes keep max|d| / max|y| within this.
-RTOL = 1e-5
-F = TensorProto.FLOAT
-LIGHT = {light_model_id(p): p for p in LIGHT_MODELS}
-
-
-# ---------------------------------------------------------------------- shared helpers
-def make_model(nodes, inputs, outputs, initializers=None, *, opset: int = 13) -> onnx.ModelProto:
-    """A checked model; inputs/outputs are (name, shape) pairs, initializers a name -> array dict.
-
-    Before opset 7 the model is IR version 3, where initializers are graph inputs too.
-    """
-    if opset < 7:
-        inputs = list(inputs) + [(k, np.shape(v)) for k, v in (initializers or {}).items()]
-    graph = helper.make_graph(nodes, "test", [helper.make_tensor_value_info(n, F, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, F, s) for n, s in outputs],
-                              [numpy_helper.from_array(_float32(v), k) for k, v in (initializers or {}).items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8 if opset >= 7 else 3)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _float32(value) -> np.ndarray:
-    value = np.asarray(value)
-    return value.astype(np.float32) if value.dtype.kind == "f" else value
-
-
-def weights(rng, *shape):
-    return rng.standard_normal(shape) * np.sqrt(2.0 / max(1, int(np.prod(shape[1:]))))
-
-
-def bn_params(rng, prefix: str, c: int) -> dict[str, np.ndarray]:
-    return {f"{prefix}_scale": rng.uniform(0.5, 1.5, c), f"{prefix}_bias": rng.standard_normal(c) * 0.1,
-            f"{prefix}_mean": rng.standard_normal(c) * 0.1, f"{prefix}_var": np.abs(rng.standard_normal(c)) + 0.1}
-
-
-def bn_node(x: str, prefix: str, out: str, **attrs) -> onnx.NodeProto:
-    return helper.make_node("BatchNormalization", [x] + [f"{prefix}_{p}" for p in ("scale", "bias", "mean", "var")],
-                            [out], name=prefix, **attrs)
-
-
-def run_passes(graph: Graph, *names: str) -> dict:
-    """Run passes to a fixpoint; {pass name: PassStats}."""
-    report = PassManager([get_pass(n).create() for n in names]).run(graph)
-    return {s.name: s for s in report.passes}
-
-
-def ops(graph: Graph) -> Counter:
-    return Counter(n.op_type for n in graph.nodes)
-
-
-def rel_err(expected: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.abs(expected - actual).max() / max(np.abs(expected).max(), 1e-30))
-
-
-def assert_same_numbers(original, rewritten: Graph, *, ort: bool = True, seed: int = 0) -> None:
-    """Executor (and onnxruntime) outputs of both models agree within RTOL on seeded random inputs."""
-    before = original if isinstance(original, Graph) else onnx_io.load(original)
-    feeds = random_feeds(onnx_io.to_model_proto(before), seed=seed)
-    expected, actual = execute(before, feeds), execute(rewritten, feeds)
-    for name in before.outputs:
-        assert rel_err(expected[name], actual[name]) <= RTOL, name
-    if ort:
-        proto = onnx_io.to_model_proto(rewritten)
-        onnx.checker.check_model(proto, full_check=True)
-        for e, a in zip(ort_run(onnx_io.to_model_proto(before), feeds), ort_run(proto, feeds)):
-            assert rel_err(e, a) <= RTOL
-
-
-def assert_second_run_changes_nothing(graph: Graph, *names: str) -> None:
-    version = graph.version
-    stats = run_passes(graph, *names)
-    assert all(s.rewrites == 0 for s in stats.values())
-    assert graph.version == version
-
-
-def randomize(graph: Graph, seed: int = 0) -> None:
-    """Seeded random values, by role, for every float parameter a Conv, Gemm, BN, Mul or Add reads.
-
-    Scaled so activations stay O(1) through deep nets; BN variances stay positive (|N| + 0.1).
-    """
-    rng = np.random.default_rng(seed)
-    done: set[str] = set()
-    for node in graph.toposort():
-        for index, name in enumerate(node.inputs):
-            value = graph.const(name) if name in graph.initializers and name not in done else None
-            if value is None or value.dtype.kind != "f" or (node.op_type in ("Conv", "Gemm") and index == 0):
-                continue
-            if node.op_type == "BatchNormalization" and index:
-                new = [None, rng.uniform(0.5, 1.5, value.shape), rng.standard_normal(value.shape) * 0.1,
-                       rng.standard_normal(value.shape) * 0.1, np.abs(rng.standard_normal(value.shape)) + 0.1][index]
-            elif node.op_type in ("Conv", "Gemm") and index == 1:
-                fan_in = value.shape[0] if node.op_type == "Gemm" and not node.attr("transB", 0) \
-                    else int(np.prod(value.shape[1:]))
-                new = rng.standard_normal(value.shape) * np.sqrt(2.0 / fan_in)
-            elif node.op_type == "Mul":
-                new = rng.uniform(0.5, 1.5, value.shape)
-            elif node.op_type in ("Conv", "Gemm", "Add"):
-                new = rng.standard_normal(value.shape) * 0.1
-            else:
-                continue
-            graph.set_const(name, new.astype(value.dtype))
-            done.add(name)
-
-
-def assert_random_weights_agree(path: str, expected_rewrites: dict[str, int], seed: int = 0) -> None:
-    """The zoo model with random weights: the pipeline fires as expected and the executor agrees.
-
-    Random weights saturate the final Softmax (one-hot outputs would hide any error), so its
-    input, the logits, is compared too.
-    """
-    graph = onnx_io.load(path)
-    run_passes(graph, "fold-constants")
-    randomize(graph, seed)
-    graph.outputs += [n.inputs[0] for n in graph.nodes if n.op_type == "Softmax"]
-    original = graph.copy()
-    stats = run_passes(graph, *PIPELINE)
-    assert {name: stats[name].rewrites for name in expected_rewrites} == expected_rewrites
-    feeds = random_feeds(path, seed=seed)
-    expected, actual = execute(original, feeds), execute(graph, feeds)
-    for name in original.outputs:
-        assert rel_err(expected[name], actual[name]) <= RTOL, name
 
 
 # ---------------------------------------------------------------------- fixtures
 def test_resnet_bottleneck_folds_every_bn():
     path = os.path.join(FIXTURES_DIR, "resnet_bottleneck_bn.onnx")
     graph = onnx_io.load(path)
-    stats = run_passes(graph, *PIPELINE)
+    stats = run_passes(graph, *FOLD_PIPELINE)
     assert stats[PASS].rewrites == 3 and not stats[PASS].refusals
-    assert ops(graph) == Counter({"Conv": 3, "Relu": 3, "Add": 1})
+    assert op_counts(graph) == Counter({"Conv": 3, "Relu": 3, "Add": 1})
     assert all(len(n.inputs) == 3 for n in graph.nodes if n.op_type == "Conv")  # each conv gained a bias
     decisions = stats[PASS].decisions
-    assert len(decisions) == 3 and all(d["applied"] and d["macs_after"] == d["macs_before"] > 0
-                                       and d["nodes_after"] == d["nodes_before"] - 1 for d in decisions)
-    assert_same_numbers(path, graph)
-    assert_second_run_changes_nothing(graph, *PIPELINE)
+    assert len(decisions) == 3 and all(d.applied and d.macs_after == d.macs_before > 0
+                                       and d.nodes_after == d.nodes_before - 1 for d in decisions)
+    assert_agrees(path, graph, oracle=None)
+    assert_second_run_changes_nothing(graph, *FOLD_PIPELINE)
 
 
 def test_densenet_bn_before_relu_conv_stays():
@@ -175,14 +48,14 @@ def test_densenet_bn_before_relu_conv_stays():
     [bn] = [n for n in graph.nodes if n.op_type == "BatchNormalization"]
     assert bn.name == "bn1" and [c.op_type for c in graph.consumers(bn.outputs[0])] == ["Relu"]
     assert stats[PASS].refusals == {"no Conv, ConvTranspose or Gemm before it and its readers are not all Convs": 2}
-    assert_same_numbers(path, graph)
+    assert_agrees(path, graph, oracle=None)
     assert_second_run_changes_nothing(graph, PASS)
 
 
 # ---------------------------------------------------------------------- small models, one per form
 def conv_bn(opset=13, group=2, bias=True, bn_attrs=None):
     rng = np.random.default_rng(1)
-    inits = {"w": weights(rng, 6, 4 // group, 3, 3), **bn_params(rng, "bn", 6)}
+    inits = {"w": he_weights(rng, 6, 4 // group, 3, 3), **bn_params(rng, "bn", 6)}
     if bias:
         inits["b"] = rng.standard_normal(6)
     nodes = [helper.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["c"], name="conv",
@@ -193,7 +66,7 @@ def conv_bn(opset=13, group=2, bias=True, bn_attrs=None):
 
 def convtranspose_bn():
     rng = np.random.default_rng(2)
-    inits = {"w": weights(rng, 4, 3, 3, 3), "b": rng.standard_normal(6), **bn_params(rng, "bn", 6)}
+    inits = {"w": he_weights(rng, 4, 3, 3, 3), "b": rng.standard_normal(6), **bn_params(rng, "bn", 6)}
     nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], name="deconv", kernel_shape=[3, 3],
                               strides=[2, 2], group=2),
              bn_node("c", "bn", "y")]
@@ -202,7 +75,7 @@ def convtranspose_bn():
 
 def gemm_bn(trans_b=1, with_c=True):
     rng = np.random.default_rng(3)
-    inits = {"B": weights(rng, 5, 7) if trans_b else weights(rng, 7, 5), **bn_params(rng, "bn", 5)}
+    inits = {"B": he_weights(rng, 5, 7) if trans_b else he_weights(rng, 7, 5), **bn_params(rng, "bn", 5)}
     if with_c:
         inits["C"] = rng.standard_normal((1, 5))
     nodes = [helper.make_node("Gemm", ["x", "B", "C"] if with_c else ["x", "B"], ["g"], name="gemm",
@@ -211,15 +84,17 @@ def gemm_bn(trans_b=1, with_c=True):
     return make_model(nodes, [("x", [3, 7])], [("y", [3, 5])], inits), {"Gemm": 1}
 
 
-def bn_conv(auto_pad=None, group=2):
+def bn_conv(auto_pad=None, group=2, kernel=3):
     """BN of the graph input read only by an unpadded (strided, grouped) Conv: folds into the conv's input side."""
     rng = np.random.default_rng(4)
-    inits = {"w": weights(rng, 6, 4 // group, 3, 3), "b": rng.standard_normal(6), **bn_params(rng, "bn", 4)}
+    inits = {"w": he_weights(rng, 6, 4 // group, kernel, kernel), "b": rng.standard_normal(6),
+             **bn_params(rng, "bn", 4)}
     attrs = {"auto_pad": auto_pad} if auto_pad else {"pads": [0, 0, 0, 0]}
     nodes = [bn_node("x", "bn", "t"),
-             helper.make_node("Conv", ["t", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], strides=[2, 2],
-                              group=group, **attrs)]
-    return make_model(nodes, [("x", [1, 4, 9, 9])], [("y", [1, 6, 4, 4])], inits), {"Conv": 1}
+             helper.make_node("Conv", ["t", "w", "b"], ["y"], name="conv", kernel_shape=[kernel, kernel],
+                              strides=[2, 2], group=group, **attrs)]
+    size = 5 if auto_pad in ("SAME_UPPER", "SAME_LOWER") else (9 - kernel) // 2 + 1
+    return make_model(nodes, [("x", [1, 4, 9, 9])], [("y", [1, 6, size, size])], inits), {"Conv": 1}
 
 
 FORMS = {
@@ -233,6 +108,7 @@ FORMS = {
     "gemm_no_C": lambda: gemm_bn(trans_b=0, with_c=False),
     "bn_before_conv_grouped": lambda: bn_conv(),
     "bn_before_conv_valid": lambda: bn_conv(auto_pad="VALID", group=1),
+    "bn_before_conv1x1_same": lambda: bn_conv(auto_pad="SAME_UPPER", kernel=1),  # SAME pads a 1x1 with nothing
 }
 
 
@@ -242,10 +118,11 @@ def test_folds_each_form(form):
     graph = onnx_io.load(model)
     stats = run_passes(graph, PASS, "eliminate-unused-initializers")
     assert stats[PASS].rewrites == 1 and not stats[PASS].refusals
-    assert ops(graph) == Counter(expected_ops)
+    assert op_counts(graph) == Counter(expected_ops)
     [node] = graph.nodes
     assert node.outputs == ["y"] and len(node.inputs) == 3  # same output name, a bias (or C) added
-    assert_same_numbers(model, graph, ort=graph.opset() >= 7)  # onnxruntime runs opset 7 and later
+    assert_agrees(model, graph, oracle=None,  # onnxruntime runs opset 7 and later
+                  runners=("onnxruntime", "executor") if graph.opset() >= 7 else ("executor",))
     assert_second_run_changes_nothing(graph, PASS)
 
 
@@ -253,7 +130,7 @@ def test_folds_each_form(form):
 def refusal_models():
     rng = np.random.default_rng(5)
     bn = bn_params(rng, "bn", 4)
-    conv = {"w": weights(rng, 4, 4, 3, 3)}
+    conv = {"w": he_weights(rng, 4, 4, 3, 3)}
 
     def conv_node(x, out, **attrs):
         return helper.make_node("Conv", [x, "w"], [out], name=f"conv_{out}", kernel_shape=[3, 3], **attrs)
@@ -302,12 +179,10 @@ def test_refuses_with_reason(reason, model):
     version = graph.version
     stats = run_passes(graph, PASS)
     assert stats[PASS].rewrites == 0 and stats[PASS].refusals == {reason: 1}
-    assert graph.version == version and "BatchNormalization" in ops(graph)
+    assert graph.version == version and "BatchNormalization" in op_counts(graph)
 
 
 # ---------------------------------------------------------------------- the light zoo
-#: Rewrites of each pass per light-zoo model (the others have no BN and no per-channel Mul/Add).
-ZOO_REWRITES = {"densenet121": (59, 242), "inception_v2": (69, 138), "resnet50": (53, 0), "shufflenet": (49, 0)}
 
 
 @pytest.mark.parametrize("path", LIGHT_MODELS, ids=list(LIGHT))
@@ -316,19 +191,17 @@ def test_light_zoo_keeps_outputs_and_never_costs_more(path):
     graph = onnx_io.load(path)
     run_passes(graph, "fold-constants")
     before = analyze_costs(graph)
-    stats = run_passes(graph, *PIPELINE)
+    stats = run_passes(graph, *FOLD_PIPELINE)
     after = analyze_costs(graph)
-    assert (stats[PASS].rewrites, stats["fold-affine"].rewrites) == ZOO_REWRITES.get(light_model_id(path), (0, 0))
+    assert (stats[PASS].rewrites, stats["fold-affine"].rewrites) == FOLD_ZOO_REWRITES.get(light_model_id(path), (0, 0))
     assert after.total_macs <= before.total_macs and len(after.nodes) <= len(before.nodes)
-    assert ops(graph)["BatchNormalization"] == (62 if light_model_id(path) == "densenet121" else 0)
-    if light_model_id(path) not in ZOO_REWRITES:
+    assert op_counts(graph)["BatchNormalization"] == (62 if light_model_id(path) == "densenet121" else 0)
+    if light_model_id(path) not in FOLD_ZOO_REWRITES:
         return  # nothing folded: no numbers to compare (and onnxruntime on VGG-19 alone takes seconds)
-    feeds = random_feeds(path)
-    for e, a in zip(ort_run(path, feeds), ort_run(graph, feeds)):
-        assert rel_err(e, a) <= RTOL
+    assert_agrees(path, graph, runners=("onnxruntime",))
 
 
 @pytest.mark.parametrize("model", ["resnet50", "shufflenet"])
 def test_light_zoo_random_weights(model):
     """Random weights make every channel distinct: grouped (ShuffleNet) and strided (ResNet) folds stay exact."""
-    assert_random_weights_agree(LIGHT[model], {PASS: ZOO_REWRITES[model][0]})
+    assert_random_weights_agree(LIGHT[model], {PASS: FOLD_ZOO_REWRITES[model][0]})

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import LIGHT_ZOO_DIR, ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
+from support import LIGHT_ZOO_DIR, assert_agrees, make_model, ort_run, random_feeds
 
 PASS = "fold-constants"
 
@@ -20,11 +20,6 @@ def run(graph):
 
 def _ops(graph):
     return [n.op_type for n in graph.nodes]
-
-
-def _model(nodes, inputs, outputs, inits=(), opset=13):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def test_light_zoo_constant_of_shape_weights_become_initializers():
@@ -44,7 +39,8 @@ def test_light_zoo_constant_of_shape_weights_become_initializers():
 def test_shape_of_a_static_tensor_folds_and_feeds_a_reshape():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    model = _model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])], [x], [y])
+    model = make_model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])],
+                       [x], [y], check=False)
     graph = onnx_io.load(model)
     assert run(graph).rewrites == 1
     assert _ops(graph) == ["Reshape"] and list(graph.const(graph.nodes[0].inputs[1])) == [2, 3, 4]
@@ -52,13 +48,27 @@ def test_shape_of_a_static_tensor_folds_and_feeds_a_reshape():
     np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
 
 
+def test_a_kernel_that_fails_on_constant_inputs_is_refused_not_a_crash():
+    """Gather with an out-of-range constant index: the runtime reports it when the node runs; folding leaves it."""
+    data = numpy_helper.from_array(np.arange(3, dtype=np.float32), "data")
+    index = numpy_helper.from_array(np.array([5], dtype=np.int64), "index")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = make_model([helper.make_node("Gather", ["data", "index"], ["picked"]),
+                        helper.make_node("Add", ["x", "picked"], ["y"])], [x], [y], [data, index], check=False)
+    graph = onnx_io.load(model)
+    stats = run(graph)
+    assert stats.rewrites == 0 and _ops(graph) == ["Gather", "Add"]
+    assert dict(stats.refusals) == {"the executor's Gather kernel fails on these constant inputs": 1}
+
+
 def test_refuses_a_huge_constant_before_allocating_it_and_says_why():
     shape = numpy_helper.from_array(np.array([10**6, 10**6], dtype=np.int64), "shape")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    model = _model([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
-                    helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
-                    helper.make_node("Add", ["x", "s"], ["y"])], [x], [y], [shape])
+    model = make_model([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+                        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+                        helper.make_node("Add", ["x", "s"], ["y"])], [x], [y], [shape], check=False)
     graph = onnx_io.load(model)
     stats = run(graph)
     assert stats.rewrites == 0 and "ConstantOfShape" in _ops(graph)
@@ -69,8 +79,9 @@ def test_refuses_graph_outputs_and_skips_random_ops():
     c = numpy_helper.from_array(np.ones(3, np.float32), "c")
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
     r = helper.make_tensor_value_info("r", TensorProto.FLOAT, [3])
-    model = _model([helper.make_node("Neg", ["c"], ["y"]),
-                    helper.make_node("RandomUniform", [], ["r"], shape=[3], dtype=1)], [], [y, r], [c])
+    model = make_model([helper.make_node("Neg", ["c"], ["y"]),
+                        helper.make_node("RandomUniform", [], ["r"], shape=[3], dtype=1)], [], [y, r], [c],
+                       check=False)
     graph = onnx_io.load(model)
     stats = run(graph)
     assert stats.rewrites == 0 and stats.refusals == {"its output is a graph output": 1}
@@ -108,12 +119,10 @@ def _dynamic_batch_reshape(opset):
              helper.make_node("Div", ["prod", "h1"], ["cw"]), helper.make_node("Mul", ["cw", "h1"], ["flat"]),
              helper.make_node("Concat", ["n1", "flat"], ["target"], axis=0),
              helper.make_node("Reshape", ["x", "target"], ["y"])]
-    return _model(nodes, [x], [y], inits, opset=opset)
+    return make_model(nodes, [x], [y], inits, opset=opset, check=False)
 
 
 def test_static_dims_fold_out_of_a_partly_symbolic_shape():
-    from conftest import assert_rewrite_agrees
-
     model = _dynamic_batch_reshape(13)
     graph = onnx_io.load(model)
     stats = run(graph)
@@ -121,7 +130,7 @@ def test_static_dims_fold_out_of_a_partly_symbolic_shape():
     assert graph.const("h").shape == () and int(graph.const("h")) == 4  # a scalar stays 0-d
     assert list(graph.const("flat")) == [60]
     assert set(stats.refusals) == {"it reads a dimension that is not static"}
-    assert_rewrite_agrees(model, graph)
+    assert_agrees(model, graph)
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)}  # batch 3 too
     np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
     version = graph.version
@@ -139,7 +148,7 @@ def test_a_shape_window_of_static_dims_folds_at_opset_15():
              helper.make_node("Gather", ["all", "minus"], ["last"]),  # static 4
              helper.make_node("Cast", ["last"], ["lastf"], to=TensorProto.FLOAT),
              helper.make_node("Div", ["r", "lastf"], ["y"])]
-    model = _model(nodes, [x], [y], [minus], opset=15)
+    model = make_model(nodes, [x], [y], [minus], opset=15, check=False)
     graph = onnx_io.load(model)
     run(graph)
     assert sorted(_ops(graph)) == ["Div", "Reshape", "Shape"]  # the unread Shape is eliminate-dead-nodes' job

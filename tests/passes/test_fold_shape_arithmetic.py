@@ -1,12 +1,12 @@
 """fold-shape-arithmetic: a Reshape target built from the input's own dims becomes a constant with 0 (copy) entries."""
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from conftest import assert_rewrite_agrees, ort_run
 from optimizer import onnx_io
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
+from support import assert_agrees, make_model, ort_run
 
 N = helper.make_node
 
@@ -16,12 +16,8 @@ def run(graph):
 
 
 def _model(nodes, inits, y_shape, opset=13):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-                              [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [("x", ["N", 3, 4, 5])], [("y", y_shape)],
+                      {k: np.asarray(v, np.int64) for k, v in inits.items()}, opset=opset, check=False)
 
 
 def _batch_reshape(batch_first=True, allowzero=None, opset=13):
@@ -42,7 +38,7 @@ def test_own_dims_become_copies_and_the_numbers_agree_at_any_batch():
     assert run(graph).rewrites == 1
     reshape = next(n for n in graph.nodes if n.op_type == "Reshape")
     assert list(graph.const(reshape.inputs[1])) == [0, 0, -1]  # dim 1 is read at its own position too
-    assert_rewrite_agrees(model, graph)
+    assert_agrees(model, graph)
     feeds = {"x": np.random.default_rng(0).standard_normal((4, 3, 4, 5)).astype(np.float32)}
     np.testing.assert_array_equal(ort_run(graph, feeds)[0], ort_run(model, feeds)[0])
     version = graph.version

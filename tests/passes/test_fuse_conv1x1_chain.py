@@ -17,17 +17,16 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import passes.fuse_conv1x1_chain  # noqa: F401  (registers the pass)
-from conftest import FIXTURES_DIR, ort_run, random_feeds
 from optimizer import onnx_io
 from optimizer.cost import analyze_costs
-from optimizer.executor import run as execute
+from optimizer.decisions import ChainFusion
 from optimizer.ir import Graph
 from optimizer.pipeline import PassManager
 from optimizer.registry import get_pass
+from support import FIXTURES_DIR, INCEPTION, assert_agrees, assert_second_run_changes_nothing, make_model
 
 PASS = "fuse-conv1x1-chain"
 BOTTLENECK = os.path.join(FIXTURES_DIR, "bottleneck_64_8_64.onnx")
-INCEPTION = os.path.join(FIXTURES_DIR, "inception_module.onnx")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -60,14 +59,8 @@ def chain_model(x_shape, specs, *, relu_between=False, seed=0, extra_reader=Fals
         if relu_between and i < len(specs) - 1:
             nodes.append(helper.make_node("Relu", [y], [f"r{i}"], name=f"relu{i}"))
             x = f"r{i}"
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(x_shape))]
-    if extra_reader:
-        outputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [None] * len(x_shape)))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    outputs = ["y", "h0"] if extra_reader else ["y"]
+    return make_model(nodes, [("x", x_shape)], [(o, [None] * len(x_shape)) for o in outputs], inits, name="chain")
 
 
 def run_pass(g: Graph):
@@ -79,31 +72,6 @@ def convs(g: Graph):
     return [n for n in g.nodes if n.op_type == "Conv"]
 
 
-def rel_err(actual, expected) -> float:
-    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
-
-
-def assert_agree(original: onnx.ModelProto | str, g: Graph, seed: int = 0) -> None:
-    """Executor and onnxruntime on the rewritten graph match onnxruntime on the original within 1e-5."""
-    feeds = random_feeds(original, seed=seed)
-    expected = ort_run(original, feeds)
-    rewritten = onnx_io.to_model_proto(g)
-    onnx.checker.check_model(rewritten, full_check=True)
-    by_ort = ort_run(rewritten, feeds)
-    by_executor = execute(g, feeds)
-    for name, e, o in zip(g.outputs, expected, by_ort):
-        assert o.shape == e.shape
-        assert rel_err(o, e) <= 1e-5
-        assert rel_err(by_executor[name], e) <= 1e-5
-
-
-def assert_second_run_changes_nothing(g: Graph) -> None:
-    version = g.version
-    stats = run_pass(g)
-    assert stats.rewrites == 0
-    assert g.version == version
-
-
 # ---------------------------------------------------------------------- 1x1 -> 1x1
 def test_bottleneck_fixture_is_refused_by_the_cost_model():
     g = onnx_io.load(BOTTLENECK)
@@ -113,8 +81,8 @@ def test_bottleneck_fixture_is_refused_by_the_cost_model():
     assert dict(stats.refusals) == {"the 64->8->64 bottleneck is cheaper than one fused 1x1": 1}
     (decision,) = stats.decisions
     # 16x16 pixels: 64*8 + 8*64 MACs per pixel kept, 64*64 fused
-    assert decision == {"node": "output", "chain": "64->8->64 fused 1x1", "macs_before": 256 * 1024,
-                        "macs_after": 256 * 4096, "nodes_before": 2, "nodes_after": 1, "applied": False}
+    assert decision == ChainFusion(node="output", chain="64->8->64 fused 1x1", macs_before=256 * 1024,
+                                   macs_after=256 * 4096, nodes_before=2, nodes_after=1, applied=False)
     assert len(convs(g)) == 2
 
 
@@ -128,10 +96,10 @@ def test_wide_1x1_chain_fuses_into_one_1x1(cin, r, cout):
     assert len(g) == 1 and conv.name == "conv1" and conv.outputs == ["y"]
     assert g.const(conv.inputs[1]).shape == (cout, cin, 1, 1) and g.const(conv.inputs[2]).shape == (cout,)
     (decision,) = stats.decisions
-    assert decision["applied"] and decision["macs_after"] < decision["macs_before"]
-    assert decision["macs_after"] == 30 * cin * cout and decision["macs_before"] == 30 * r * (cin + cout)
-    assert_agree(model, g)
-    assert_second_run_changes_nothing(g)
+    assert decision.applied and decision.macs_after < decision.macs_before
+    assert decision.macs_after == 30 * cin * cout and decision.macs_before == 30 * r * (cin + cout)
+    assert_agrees(model, g)
+    assert_second_run_changes_nothing(g, PASS)
 
 
 @pytest.mark.parametrize("r", [7, 8, 9])
@@ -142,7 +110,7 @@ def test_1x1_chain_fuses_exactly_when_r_exceeds_the_threshold(r):
     assert stats.rewrites == (1 if r >= 8 else 0)
     if r < 8:
         assert dict(stats.refusals) == {f"the 16->{r}->16 bottleneck is cheaper than one fused 1x1": 1}
-    assert stats.decisions[0]["applied"] == (r >= 8)
+    assert stats.decisions[0].applied == (r >= 8)
 
 
 def test_three_1x1_chain_fuses_to_one_over_the_fixpoint():
@@ -150,7 +118,7 @@ def test_three_1x1_chain_fuses_to_one_over_the_fixpoint():
     g = onnx_io.load(model)
     stats = run_pass(g)
     assert stats.rewrites == 2 and len(convs(g)) == 1 and len(g) == 1
-    assert_agree(model, g)
+    assert_agrees(model, g)
 
 
 def test_grouped_1x1_is_composed_as_its_block_diagonal():
@@ -160,7 +128,7 @@ def test_grouped_1x1_is_composed_as_its_block_diagonal():
     assert stats.rewrites == 1
     (conv,) = convs(g)
     assert conv.attr("group", 1) == 1 and g.const(conv.inputs[1]).shape == (16, 16, 1, 1)
-    assert_agree(model, g)
+    assert_agrees(model, g)
 
 
 # ---------------------------------------------------------------------- KxK -> 1x1
@@ -178,8 +146,8 @@ def test_kxk_then_1x1_fuses_into_one_kxk(first):
     (conv,) = convs(g)
     assert g.const(conv.inputs[1]).shape == (4, 8, first["k"], first["k"])
     assert conv.attr("strides") == [first["stride"]] * 2
-    assert_agree(model, g)
-    assert_second_run_changes_nothing(g)
+    assert_agrees(model, g)
+    assert_second_run_changes_nothing(g, PASS)
 
 
 def test_strided_1x1_after_kxk_multiplies_the_strides():
@@ -189,7 +157,7 @@ def test_strided_1x1_after_kxk_multiplies_the_strides():
     assert stats.rewrites == 1
     (conv,) = convs(g)
     assert conv.attr("strides") == [4, 4] and conv.attr("pads") == [1, 1, 1, 1]
-    assert_agree(model, g)
+    assert_agrees(model, g)
 
 
 def test_strided_1x1_after_a_same_padded_kxk_is_refused():
@@ -204,7 +172,7 @@ def test_depthwise_kxk_then_1x1_is_refused_when_the_dense_conv_costs_more():
     stats = run_pass(g)
     assert stats.rewrites == 0
     assert dict(stats.refusals) == {"the 16->16->32 bottleneck is cheaper than one fused 3x3": 1}
-    assert stats.decisions[0]["macs_after"] > stats.decisions[0]["macs_before"]
+    assert stats.decisions[0].macs_after > stats.decisions[0].macs_before
 
 
 # ---------------------------------------------------------------------- 1x1 -> KxK
@@ -222,8 +190,8 @@ def test_1x1_then_kxk_fuses_into_one_kxk(first, second):
     assert (stats.rewrites, dict(stats.refusals)) == (1, {})
     (conv,) = convs(g)
     assert g.const(conv.inputs[1]).shape == (4, 8, 3, 3)
-    assert_agree(model, g)
-    assert_second_run_changes_nothing(g)
+    assert_agrees(model, g)
+    assert_second_run_changes_nothing(g, PASS)
 
 
 def test_1x1_with_bias_before_a_padding_kxk_is_refused():
@@ -240,7 +208,7 @@ def test_googlenet_5x5_bottleneck_is_kept():
     assert stats.rewrites == 0
     assert dict(stats.refusals) == {"the 192->16->32 bottleneck is cheaper than one fused 5x5": 1}
     (decision,) = stats.decisions
-    assert not decision["applied"] and decision["macs_after"] > 9 * decision["macs_before"]
+    assert not decision.applied and decision.macs_after > 9 * decision.macs_before
 
 
 def test_inception_fixture_has_relus_between_so_nothing_matches():
@@ -259,7 +227,7 @@ def test_relu_between_is_never_fused():
 def test_first_output_read_elsewhere_is_refused():
     g = onnx_io.load(chain_model((1, 8, 4, 4), [conv_spec(32), conv_spec(8)], extra_reader=True))
     stats = run_pass(g)
-    assert dict(stats.refusals) == {"the first conv's output has other readers or is a graph output": 1}
+    assert dict(stats.refusals) == {"the Conv's output 'h0' is a graph output": 1}
 
 
 @pytest.mark.parametrize("specs,reason", [
@@ -323,9 +291,9 @@ def test_any_chain_is_fused_exactly_or_refused_with_a_reason(case):
     assert stats.matches == 1
     if stats.rewrites:
         assert len(convs(g)) == 1 and not stats.refusals
-        assert_agree(model, g, seed=seed)
+        assert_agrees(model, g, seed=seed)
     else:
         assert len(convs(g)) == 2 and sum(stats.refusals.values()) == 1
     assert analyze_costs(g).total_macs <= macs_before
     for decision in stats.decisions:
-        assert decision["applied"] == (decision["macs_after"] <= decision["macs_before"])
+        assert decision.applied == (decision.macs_after <= decision.macs_before)

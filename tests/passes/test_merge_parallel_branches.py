@@ -19,12 +19,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import passes.merge_parallel_branches  # noqa: F401  (registers the pass)
-from conftest import FIXTURES_DIR, LIGHT_MODELS, light_model_id, ort_run, random_feeds
 from optimizer import onnx_io
-from optimizer.executor import run as execute
-from optimizer.ir import Graph
-from optimizer.pipeline import PassManager
-from optimizer.registry import get_pass
+from support import (FIXTURES_DIR, LIGHT_MODELS, assert_agrees, assert_second_run_changes_nothing, light_model_id,
+                     make_model, op_counts, run_passes)
 
 PASS = "merge-parallel-branches"
 PIPELINE = ["fold-constants", PASS, "eliminate-dead-nodes", "eliminate-unused-initializers"]
@@ -33,36 +30,6 @@ HAS_FOLD_BN = os.path.exists(os.path.join(os.path.dirname(passes.merge_parallel_
 if HAS_FOLD_BN:
     import passes.fold_batchnorm  # noqa: F401
 PIPELINES = [PIPELINE] + ([["fold-constants", "fold-batchnorm", *PIPELINE[1:]]] if HAS_FOLD_BN else [])
-
-
-# ---------------------------------------------------------------------- helpers
-def run_passes(graph: Graph, names=(PASS,)):
-    report = PassManager([get_pass(n).create() for n in names]).run(graph)
-    return {s.name: s for s in report.passes}
-
-
-def ops(graph: Graph) -> Counter:
-    return Counter(n.op_type for n in graph.nodes)
-
-
-def assert_numbers_agree(original, graph: Graph, seed: int = 0) -> None:
-    """Executor and onnxruntime on the rewritten graph vs onnxruntime on the original: relative 1e-5."""
-    proto = onnx_io.to_model_proto(graph)
-    onnx.checker.check_model(proto, full_check=True)
-    feeds = random_feeds(original, seed=seed)
-    expected = ort_run(original, feeds)
-    ours = execute(graph, feeds)
-    for name, e, o in zip(graph.outputs, expected, ort_run(proto, feeds)):
-        scale = np.abs(e).max()
-        assert np.abs(ours[name] - e).max() <= 1e-5 * scale, name
-        assert np.abs(o - e).max() <= 1e-5 * scale, name
-
-
-def assert_second_run_changes_nothing(graph: Graph, names=(PASS,)) -> None:
-    version = graph.version
-    stats = run_passes(graph, names)
-    assert all(s.rewrites == 0 for s in stats.values())
-    assert graph.version == version
 
 
 class Net:
@@ -106,17 +73,12 @@ class Net:
         return acc
 
     def model(self, outputs=("y",), extra_inputs=()) -> onnx.ModelProto:
-        self.inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in extra_inputs]
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * 4) for o in outputs]
-        graph = helper.make_graph(self.nodes, "test", self.inputs, outs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-        onnx.checker.check_model(model, full_check=True)
-        return model
+        return make_model(self.nodes, [*self.inputs, *extra_inputs], [(o, [None] * 4) for o in outputs], self.inits)
 
 
 def merge(model: onnx.ModelProto, names=PIPELINE):
     graph = onnx_io.load(model)
-    return graph, run_passes(graph, names)
+    return graph, run_passes(graph, *names)
 
 
 # ---------------------------------------------------------------------- acceptance: the fixtures
@@ -124,26 +86,26 @@ def merge(model: onnx.ModelProto, names=PIPELINE):
 def test_repvgg_stage_collapses_to_one_conv_per_block(names):
     path = os.path.join(FIXTURES_DIR, "repvgg_stage.onnx")
     graph = onnx_io.load(path)
-    stats = run_passes(graph, names)
-    assert ops(graph) == Counter({"Conv": 3, "Relu": 3})
+    stats = run_passes(graph, *names)
+    assert op_counts(graph) == Counter({"Conv": 3, "Relu": 3})
     assert all(n.attr("kernel_shape") == [3, 3] for n in graph.nodes if n.op_type == "Conv")
     assert stats[PASS].rewrites == 3 and not stats[PASS].refusals
-    assert all(d["applied"] and d["macs_after"] < d["macs_before"] for d in stats[PASS].decisions)
-    assert_numbers_agree(path, graph)
-    assert_second_run_changes_nothing(graph, names)
+    assert all(d.applied and d.macs_after < d.macs_before for d in stats[PASS].decisions)
+    assert_agrees(path, graph)
+    assert_second_run_changes_nothing(graph, *names)
 
 
 @pytest.mark.parametrize("names", PIPELINES, ids=lambda n: "+".join(p for p in n if p.startswith("fold-b")) or "plain")
 def test_mobileone_block_collapses_to_two_convs(names):
     path = os.path.join(FIXTURES_DIR, "mobileone_block.onnx")
     graph = onnx_io.load(path)
-    stats = run_passes(graph, names)
-    assert ops(graph) == Counter({"Conv": 2, "Relu": 2})
+    stats = run_passes(graph, *names)
+    assert op_counts(graph) == Counter({"Conv": 2, "Relu": 2})
     convs = sorted((n for n in graph.nodes if n.op_type == "Conv"), key=lambda n: n.attr("group"))
     assert [(c.attr("kernel_shape"), c.attr("group")) for c in convs] == [([1, 1], 1), ([3, 3], 32)]
     assert stats[PASS].rewrites == 2
-    assert_numbers_agree(path, graph)
-    assert_second_run_changes_nothing(graph, names)
+    assert_agrees(path, graph)
+    assert_second_run_changes_nothing(graph, *names)
 
 
 # ---------------------------------------------------------------------- other forms
@@ -155,12 +117,12 @@ def test_acnet_square_and_asymmetric_kernels_merge_into_the_square():
     net.op("Relu", [net.add_all(terms)], "y")
     model = net.model()
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1, "Relu": 1})
+    assert op_counts(graph) == Counter({"Conv": 1, "Relu": 1})
     conv = next(n for n in graph.nodes if n.op_type == "Conv")
     assert conv.name == "c33" and conv.attr("kernel_shape") == [3, 3] and conv.attr("pads") == [1, 1, 1, 1]
-    assert stats[PASS].decisions[0]["macs_after"] < stats[PASS].decisions[0]["macs_before"]
-    assert_numbers_agree(model, graph)
-    assert_second_run_changes_nothing(graph)
+    assert stats[PASS].decisions[0].macs_after < stats[PASS].decisions[0].macs_before
+    assert_agrees(model, graph)
+    assert_second_run_changes_nothing(graph, PASS)
 
 
 def test_dbb_sequence_and_average_pool_branches_merge():
@@ -173,10 +135,10 @@ def test_dbb_sequence_and_average_pool_branches_merge():
     net.op("Relu", [net.add_all(terms)], "y")
     model = net.model()
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1, "Relu": 1})
-    assert stats[PASS].decisions[0]["branches"] == 4
-    assert_numbers_agree(model, graph)
-    assert_second_run_changes_nothing(graph)
+    assert op_counts(graph) == Counter({"Conv": 1, "Relu": 1})
+    assert stats[PASS].decisions[0].branches == 4
+    assert_agrees(model, graph)
+    assert_second_run_changes_nothing(graph, PASS)
 
 
 def test_dbb_biased_1x1_composes_through_an_unpadded_kxk():
@@ -187,8 +149,8 @@ def test_dbb_biased_1x1_composes_through_an_unpadded_kxk():
     net.add_all([net.conv("x", "kxk", bias=True), seq], "y")
     model = net.model()
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1}) and stats[PASS].rewrites == 1
-    assert_numbers_agree(model, graph)
+    assert op_counts(graph) == Counter({"Conv": 1}) and stats[PASS].rewrites == 1
+    assert_agrees(model, graph)
 
 
 def test_conv_plus_plain_identity_and_a_sum_of_many():
@@ -197,8 +159,8 @@ def test_conv_plus_plain_identity_and_a_sum_of_many():
     net.op("Sum", ["x", net.conv("x", "one", k=(1, 1), bias=True), net.conv("x", "three", bias=True)], "y")
     model = net.model()
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1})
-    assert_numbers_agree(model, graph)
+    assert op_counts(graph) == Counter({"Conv": 1})
+    assert_agrees(model, graph)
 
 
 def test_partial_merge_keeps_the_other_summands():
@@ -207,11 +169,30 @@ def test_partial_merge_keeps_the_other_summands():
     net.add_all([net.conv("x", "a"), "z", net.conv("x", "b", k=(1, 1))], "y")
     model = net.model(extra_inputs=[("z", [1, 4, 8, 8])])
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1, "Add": 1})
+    assert op_counts(graph) == Counter({"Conv": 1, "Add": 1})
     add = next(n for n in graph.nodes if n.op_type == "Add")
     assert add.outputs == ["y"] and add.name == "y" and "z" in add.inputs
-    assert_numbers_agree(model, graph)
-    assert_second_run_changes_nothing(graph)
+    assert_agrees(model, graph)
+    assert_second_run_changes_nothing(graph, PASS)
+
+
+def test_two_groups_of_one_sum_merge_in_one_rewrite_with_one_decision():
+    """conv3x3(x) + conv3x3(z) + conv1x1(x) + conv1x1(z): each source's pair merges; the decision adds both up."""
+    net = Net()
+    net.add_all([net.conv("x", "xa"), net.conv("z", "za"), net.conv("x", "xb", k=(1, 1)),
+                 net.conv("z", "zb", k=(1, 1))], "y")
+    model = net.model(extra_inputs=[("z", [1, 4, 8, 8])])
+    graph, stats = merge(model)
+    assert op_counts(graph) == Counter({"Conv": 2, "Add": 1})
+    assert sorted(n.name for n in graph.nodes if n.op_type == "Conv") == ["xa", "za"]
+    (decision,) = stats[PASS].decisions
+    per_group = 64 * 4 * 4 * (9 + 1), 64 * 4 * 4 * 9  # (before, after) MACs of each pair on 8x8
+    assert (decision.branches, decision.macs_before, decision.macs_after) == (4, 2 * per_group[0], 2 * per_group[1])
+    assert (decision.nodes_before, decision.nodes_after, decision.applied) == (6, 2, True)
+    # the fixpoint's second sweep sees conv(x) + conv(z), which have nothing to merge
+    assert stats[PASS].rewrites == 1 and dict(stats[PASS].refusals) == {"branches read different tensors": 1}
+    assert_agrees(model, graph)
+    assert_second_run_changes_nothing(graph, PASS)
 
 
 @settings(max_examples=25, deadline=None)
@@ -245,8 +226,8 @@ def test_merging_is_exact_for_any_consistent_padding(data):
     net.add_all(terms, "y")
     model = net.model()
     graph, stats = merge(model)
-    assert ops(graph) == Counter({"Conv": 1}), stats[PASS].refusals
-    assert_numbers_agree(model, graph)
+    assert op_counts(graph) == Counter({"Conv": 1}), stats[PASS].refusals
+    assert_agrees(model, graph)
 
 
 # ---------------------------------------------------------------------- refusals
@@ -320,7 +301,7 @@ def test_refuses_when_the_merged_kernel_costs_more():
     _refused(model, "the merged convolution would cost more MACs")
     graph, stats = merge(model, [PASS])
     decision = stats[PASS].decisions[0]
-    assert not decision["applied"] and decision["macs_after"] == 9 * decision["macs_before"]
+    assert not decision.applied and decision.macs_after == 9 * decision.macs_before
 
 
 def test_refuses_average_pool_that_excludes_padding():
@@ -335,9 +316,9 @@ def test_refuses_average_pool_that_excludes_padding():
 def test_light_zoo_has_no_parallel_branches_to_merge(path):
     """No zoo model sums convolutions of one tensor; residual Adds are refused with the reason."""
     graph = onnx_io.load(path)
-    run_passes(graph, ["fold-constants"])  # the zoo's weights are ConstantOfShape until folded
+    run_passes(graph, "fold-constants")  # the zoo's weights are ConstantOfShape until folded
     version = graph.version
-    stats = run_passes(graph)[PASS]
+    stats = run_passes(graph, PASS)[PASS]
     assert stats.rewrites == 0 and graph.version == version
     assert set(stats.refusals) <= {"branches read different tensors"}
     expected = {"resnet50": 16, "shufflenet": 13}.get(light_model_id(path), 0)

@@ -2,7 +2,6 @@
 
 The four kinds of test from DESIGN.md on the inception fixture, small hand-built models
 (one per opset form of Split, and one per refusal) and the light zoo's Inception v1/v2.
-The helpers at the top are shared with test_fuse_conv_activation.py.
 """
 
 from __future__ import annotations
@@ -13,91 +12,15 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import passes.merge_sibling_conv1x1  # noqa: F401  (registers the pass; not in the default pipeline)
-from conftest import FIXTURES_DIR, LIGHT_ZOO_DIR, ort_run, random_feeds
 from optimizer import onnx_io
-from optimizer.executor import run as execute
-from optimizer.ir import Graph
-from optimizer.pipeline import PassManager
-from optimizer.registry import get_pass
+from support import (FIXTURES_DIR, INCEPTION, assert_agrees, assert_second_run_changes_nothing, light_model, make_model,
+                     op_counts, random_initializer, randomize_conv_weights, run_passes)
 
 PASS = "merge-sibling-conv1x1"
-INCEPTION = os.path.join(FIXTURES_DIR, "inception_module.onnx")
 F = TensorProto.FLOAT
-#: Exact passes keep max|d| / max|y| within this.
-RTOL = 1e-5
-
-
-# ---------------------------------------------------------------------- shared helpers
-def make_model(nodes, inputs, outputs, initializers=(), *, opset: int = 13, elem_type: int = F) -> onnx.ModelProto:
-    """A checked model; inputs/outputs are (name, shape) pairs."""
-    graph = helper.make_graph(nodes, "test", [helper.make_tensor_value_info(n, elem_type, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, elem_type, s) for n, s in outputs],
-                              list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def init(name: str, shape, seed: int, dtype=np.float32) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(dtype), name)
-
-
-def run_passes(graph: Graph, *names: str) -> dict:
-    """Run passes to a fixpoint; {pass name: PassStats}."""
-    report = PassManager([get_pass(n).create() for n in names]).run(graph)
-    return {s.name: s for s in report.passes}
-
-
-def op_counts(graph: Graph) -> Counter:
-    return Counter(n.op_type for n in graph.nodes)
-
-
-def assert_second_run_changes_nothing(graph: Graph, name: str) -> None:
-    version = graph.version
-    stats = run_passes(graph, name)[name]
-    assert stats.rewrites == 0
-    assert graph.version == version
-
-
-def assert_numbers_agree(original, graph: Graph, feeds: dict | None = None) -> None:
-    """The rewritten graph (executor and onnxruntime) matches onnxruntime on the original, relative 1e-5."""
-    feeds = feeds if feeds is not None else random_feeds(original, seed=1)
-    proto = onnx_io.to_model_proto(graph)
-    onnx.checker.check_model(proto)
-    expected = ort_run(original, feeds)
-    from_ort = ort_run(proto, feeds)
-    from_executor = execute(graph, feeds)
-    for name, want, got in zip(graph.outputs, expected, from_ort):
-        scale = max(float(np.abs(want).max()), np.finfo(np.float32).tiny)
-        assert float(np.abs(got - want).max()) / scale <= RTOL, f"onnxruntime, output {name!r}"
-        assert float(np.abs(from_executor[name] - want).max()) / scale <= RTOL, f"executor, output {name!r}"
-
-
-def randomize_weights(graph: Graph, seed: int = 0) -> None:
-    """Seeded He-scaled Conv and Gemm weights and biases.
-
-    The light zoo's constant 0.02 weights make every channel alike (its softmax output is
-    uniform), which would hide a wrong channel order.
-    """
-    rng = np.random.default_rng(seed)
-    for node in graph.toposort():
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        for name in node.inputs[1:3]:
-            value = graph.const(name) if name else None
-            if value is not None:
-                fan_in = max(1, int(np.prod(value.shape[1:])))
-                graph.set_const(name, (rng.standard_normal(value.shape) * np.sqrt(2 / fan_in)).astype(value.dtype))
-
-
-def light_model(name: str) -> str:
-    path = os.path.join(LIGHT_ZOO_DIR, f"light_{name}.onnx")
-    if not os.path.exists(path):
-        pytest.skip(f"the installed onnx package has no light {name}")
-    return path
 
 
 # ---------------------------------------------------------------------- models
@@ -110,9 +33,9 @@ def siblings_model(*, opset: int = 13, strides=(None, None, None), relu: bool = 
     nodes, inits, outputs = [], [], []
     for i, (cout, stride, has_bias) in enumerate(zip((4, 6, 2), strides, bias)):
         attrs = {"kernel_shape": [1, 1]} | ({"strides": list(stride)} if stride else {})
-        inits.append(init(f"w{i}", (cout, 8, 1, 1), seed=i))
+        inits.append(random_initializer(f"w{i}", (cout, 8, 1, 1), seed=i))
         if has_bias:
-            inits.append(init(f"b{i}", (cout,), seed=10 + i))
+            inits.append(random_initializer(f"b{i}", (cout,), seed=10 + i))
         nodes.append(helper.make_node("Conv", ["x", f"w{i}"] + ([f"b{i}"] if has_bias else []), [f"c{i}"],
                                       name=f"conv{i}", **attrs))
         size = 5 if not stride else 3
@@ -141,9 +64,9 @@ def test_fires_on_inception_module():
     assert split.outputs == ["b1_relu", "b2_relu_reduce", "b3_relu_reduce"]
     assert graph.const(split.inputs[1]).tolist() == [64, 96, 16]
     (decision,) = stats.decisions
-    assert decision["applied"] and decision["macs_before"] == decision["macs_after"] == 28 * 28 * 176 * 192
-    assert (decision["nodes_before"], decision["nodes_after"]) == (6, 3)
-    assert_numbers_agree(INCEPTION, graph, dict(np.load(os.path.join(FIXTURES_DIR, "inception_module_inputs.npz"))))
+    assert decision.applied and decision.macs_before == decision.macs_after == 28 * 28 * 176 * 192
+    assert (decision.nodes_before, decision.nodes_after) == (6, 3)
+    assert_agrees(INCEPTION, graph, feeds=dict(np.load(os.path.join(FIXTURES_DIR, "inception_module_inputs.npz"))))
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 18])
@@ -160,7 +83,7 @@ def test_split_form_follows_the_opset(opset):
         assert split.attrs == {"axis": 1} and graph.const(split.inputs[1]).tolist() == [4, 6, 2]
     conv = graph.producer(graph.producer(split.inputs[0]).inputs[0])
     np.testing.assert_array_equal(graph.const(conv.inputs[2])[4:10], 0)  # conv1 had no bias
-    assert_numbers_agree(model, graph)
+    assert_agrees(model, graph, seed=1)
 
 
 def test_without_relus_merges_the_convs_only():
@@ -168,7 +91,7 @@ def test_without_relus_merges_the_convs_only():
     graph = onnx_io.load(model)
     assert run_passes(graph, PASS)[PASS].rewrites == 1
     assert op_counts(graph) == Counter({"Conv": 1, "Split": 1})
-    assert_numbers_agree(model, graph)
+    assert_agrees(model, graph, seed=1)
 
 
 # ---------------------------------------------------------------------- refuses
@@ -180,7 +103,7 @@ def test_refuses_a_sibling_with_another_stride():
     assert stats.rewrites == 1  # the two stride-1 siblings still merge
     assert graph.producer("c2").op_type == "Conv" and graph.producer("c2").attrs["strides"] == [2, 2]
     assert op_counts(graph) == Counter({"Conv": 2, "Relu": 2, "Split": 1})
-    assert_numbers_agree(model, graph)
+    assert_agrees(model, graph, seed=1)
 
 
 def test_relus_stay_per_branch_when_a_conv_output_has_two_readers():
@@ -190,7 +113,7 @@ def test_relus_stay_per_branch_when_a_conv_output_has_two_readers():
     assert stats.refusals["ReLUs stay per branch: not every sibling conv output has its own ReLU as only reader"] == 1
     assert op_counts(graph) == Counter({"Conv": 1, "Split": 1, "Relu": 3})
     assert graph.producer("c0").op_type == "Split" and graph.outputs[-1] == "c0"
-    assert_numbers_agree(model, graph)
+    assert_agrees(model, graph, seed=1)
 
 
 def test_refuses_two_siblings_when_nothing_is_saved():
@@ -200,7 +123,7 @@ def test_refuses_two_siblings_when_nothing_is_saved():
     version = graph.version
     stats = run_passes(graph, PASS)[PASS]
     assert stats.refusals["the merge saves no nodes"] == 1 and stats.rewrites == 0
-    assert stats.decisions[0]["applied"] is False
+    assert stats.decisions[0].applied is False
     assert graph.version == version
 
 
@@ -232,13 +155,13 @@ def test_light_inception(name, merges):
     path = light_model(name)
     graph = onnx_io.load(path)
     run_passes(graph, "fold-constants")
-    randomize_weights(graph)
+    randomize_conv_weights(graph)
     reference = onnx_io.to_model_proto(graph)
     before = op_counts(graph)
     stats = run_passes(graph, PASS)[PASS]
     assert stats.rewrites == merges
     after = op_counts(graph)
     assert after["Split"] == merges and after["Conv"] < before["Conv"]
-    assert all(d["macs_before"] == d["macs_after"] for d in stats.decisions)
-    assert_numbers_agree(reference, graph)
+    assert all(d.macs_before == d.macs_after for d in stats.decisions)
+    assert_agrees(reference, graph, seed=1)
     assert_second_run_changes_nothing(graph, PASS)

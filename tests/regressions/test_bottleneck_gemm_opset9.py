@@ -5,9 +5,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ort_run
 from optimizer import onnx_io
 from optimizer.bottleneck import insert_bottlenecks
+from support import ort_run
 
 
 def test_split_gemm_at_opset_9_is_valid_for_onnxruntime():

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
+from support import ort_run
 
 
 def test_pad_conv_bn_keeps_the_pads_in_the_saved_model() -> None:

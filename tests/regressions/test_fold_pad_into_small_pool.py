@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
+from support import ort_run
 
 
 def test_pad_before_a_1x1_average_pool_stays() -> None:

@@ -14,8 +14,8 @@ import pytest
 from onnx import helper
 
 import optimizer
-from conftest import ort_run
 from optimizer.errors import InvariantError
+from support import ort_run
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -46,7 +46,7 @@ def test_invented_names_never_collide_with_node_names(fixture: str) -> None:
     assert result.to_dict()["verification"]["passed"]
     written = result.model
     onnx.checker.check_model(written, full_check=True)
-    feeds = optimizer.verification.random_inputs(optimizer.load(model))
+    feeds = optimizer.inputs.random_inputs(optimizer.load(model))
     for want, got in zip(ort_run(model, feeds), ort_run(written, feeds)):
         assert abs(want - got).max() <= 1e-4 * max(abs(want).max(), 1e-30)
 

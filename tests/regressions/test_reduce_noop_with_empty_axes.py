@@ -13,10 +13,10 @@ import itertools
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import optimizer
-from conftest import ort_run
+from support import make_model, ort_run
 
 REDUCE_OPS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
@@ -28,12 +28,10 @@ INPUTS = {"signed": SIGNED, "positive": np.abs(SIGNED), "empty": np.zeros((2, 0,
 
 def reduce_model(op: str, x: np.ndarray, axes: list[int] | None, opset: int = 18, **attrs):
     """One Reduce node; ``axes`` None leaves the optional axes input out."""
-    inputs = ["x"] if axes is None else ["x", "axes"]
-    inits = [] if axes is None else [numpy_helper.from_array(np.array(axes, np.int64), "axes")]
-    node = helper.make_node(op, inputs, ["y"], **attrs)
-    graph = helper.make_graph([node], "reduce", [helper.make_tensor_value_info(
-        "x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)], [helper.make_empty_tensor_value_info("y")], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    inits = {} if axes is None else {"axes": np.array(axes, np.int64)}
+    node = helper.make_node(op, ["x", *inits], ["y"], **attrs)
+    return make_model([node], [("x", x.shape, helper.np_dtype_to_tensor_dtype(x.dtype))], ["y"], inits, opset=opset,
+                      check=False, name="reduce")
 
 
 def assert_same_as_onnxruntime(model, x: np.ndarray) -> np.ndarray:

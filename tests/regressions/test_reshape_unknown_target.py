@@ -14,14 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import analyze, onnx_io
 from optimizer.cli import main
-from optimizer.cost import infer_shapes
+from optimizer.shape_inference import infer_shapes
+from support import make_model
 
 
 def _model(nodes, inputs, inits=(), ir_version=8):
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_empty_tensor_value_info("y")], list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = ir_version
-    return model
+    return make_model(nodes, inputs, ["y"], inits, opset=17, ir_version=ir_version, check=False)
 
 
 def _conv_then(op_nodes, extra_inputs=(), inits=(), ir_version=8):

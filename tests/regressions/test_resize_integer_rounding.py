@@ -19,7 +19,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import optimizer
-from conftest import ort_run
+from support import make_model, ort_run
 
 INTEGER_TYPES = [np.uint8, np.int8, np.int32]
 COORDINATE_MODES = ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric",
@@ -30,10 +30,8 @@ def one_node_model(op: str, x: np.ndarray, inits: dict[str, np.ndarray] | None =
                    **attrs) -> onnx.ModelProto:
     inits = inits or {}
     node = helper.make_node(op, inputs or ["x", *inits], ["y"], **attrs)
-    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(
-        "x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)], [helper.make_empty_tensor_value_info("y")],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return make_model([node], [("x", x.shape, helper.np_dtype_to_tensor_dtype(x.dtype))], ["y"],
+                      [numpy_helper.from_array(v, k) for k, v in inits.items()], opset=opset, check=False, name=op)
 
 
 def ours_and_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
