@@ -41,7 +41,8 @@ def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):
 
     The index runs over N, C and the spatial axes, row-major (``storage_order=0``) or with the
     spatial axes column-major (``storage_order=1``), as onnxruntime computes it; padding taps
-    never win.
+    never win. A window of padding only has no element: its index is the one position -1 on every
+    spatial axis gives, as onnxruntime and onnx's reference write it.
     """
     spatial = x.shape[2:]
     ctx.guard(x.shape[:2] + win.out, np.int64, "Indices output")
@@ -51,7 +52,8 @@ def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):
         axis_strides = np.cumprod((1,) + spatial[::-1][:-1])[::-1]
     base = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * len(spatial)) * math.prod(spatial)
     y = np.full(x.shape[:2] + win.out, lowest, dtype=x.dtype)
-    indices = np.zeros(y.shape, dtype=np.int64)
+    indices = np.broadcast_to(base - int(np.sum(axis_strides)), y.shape)
+    found = np.zeros(y.shape, dtype=bool)
     for tap in _taps(win):
         view = xp[(Ellipsis,) + win.tap_slices(tap)]
         flat, inside = 0, True
@@ -61,7 +63,8 @@ def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):
             shape[axis] = -1
             flat = flat + (pos * axis_strides[axis]).reshape(shape)
             inside = inside & ((pos >= 0) & (pos < size)).reshape(shape)
-        take = inside & (view > y)
+        take = inside & (~found | (view > y))
+        found |= take
         y = np.where(take, view, y)
         indices = np.where(take, base + flat, indices)
     return y, indices
