@@ -2,9 +2,10 @@
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of a third-party exception's message, to quote inside one of ours."""
+    """The first line of a third-party exception's message, to quote inside one of ours (no final
+    period, at most 300 characters: onnxruntime's messages can run to pages)."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return (text[0] if text else type(exc).__name__).rstrip(".")[:300]
 
 
 class NinoptError(Exception):

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from optimizer.errors import NinoptError, VerificationError
+from optimizer.errors import NinoptError, VerificationError, first_line
 from optimizer.ir import Graph
 from optimizer.verification import Criterion, Reference, VerifyReport, relative_error
 
@@ -92,12 +92,12 @@ def run_onnxruntime(model: Graph | bytes, feeds: Mapping[str, np.ndarray], extra
     try:
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unloadable models
-        raise OracleUnavailable(f"onnxruntime cannot load it ({_first_line(exc)})") from None
+        raise OracleUnavailable(f"onnxruntime cannot load it ({first_line(exc)})") from None
     names = [o.name for o in session.get_outputs()]
     try:
         values = session.run(names, {k: np.asarray(v) for k, v in feeds.items()})
     except Exception as exc:
-        raise OracleUnavailable(f"onnxruntime cannot run it ({_first_line(exc)})") from None
+        raise OracleUnavailable(f"onnxruntime cannot run it ({first_line(exc)})") from None
     return dict(zip(names, values))
 
 
@@ -119,11 +119,6 @@ def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Map
         a, b = np.asarray(value, np.float64), np.asarray(fused[name], np.float64)
         floors[name] = relative_error(b, a, np.isfinite(a) & np.isfinite(b)) if a.shape == b.shape else 0.0
     return floors
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).rstrip(".")[:300]
 
 
 @dataclass
