@@ -70,6 +70,13 @@ class BottleneckReport:
                             "input_spectrum": layer.input_spectrum, "output_spectrum": layer.output_spectrum}
                            for layer in self.layers]}
 
+    def write_html(self, path, title: str = "") -> None:
+        """A self-contained page: per layer the normalized spectra with the ranks marked, and the MACs
+        before/after (needs the ``html`` extra, matplotlib); written atomically."""
+        from optimizer.bottleneck.report_html import write_html
+
+        write_html(self, path, title)
+
 
 def _floats(values) -> list[float]:
     return [float(f"{v:.6g}") for v in values]
