@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from optimizer import graphsurgeon, onnx_io
+from optimizer.calibration_data import resolve_calibration
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph
 from optimizer.onnx_checks import schema_problem
@@ -112,12 +113,20 @@ class BottleneckOptions:
     """Approximate 1x1 bottleneck insertion, run after the exact pipeline (``--bottleneck``)."""
 
     max_error: float
-    calibration: dict[str, np.ndarray] | None = None  # input name -> samples along the leading axis
+    #: input name -> samples along the leading axis, or a path (``optimizer.calibration_data``)
+    calibration: dict[str, np.ndarray] | str | os.PathLike | None = None
     relu_bottleneck: bool = False
+    preprocess: str | None = None  # with an image folder: the spec, e.g. "size=640x640,scale=1/255"
+    metric: str = "max-rel"  # what max_error is read in: max-rel, rms, cosine or top1 (optimizer.bottleneck.metrics)
+    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer (MACs when
+    #: onnxruntime is not importable); see ``optimizer.bottleneck.latency``
+    cost: str = "macs"
 
-    def create_pass(self):
-        return get_pass("insert-bottleneck").cls(max_error=self.max_error, calibration=self.calibration,
-                                                 relu_bottleneck=self.relu_bottleneck)
+    def create_pass(self, calibration: dict[str, np.ndarray] | None):
+        """The pass, with ``calibration`` resolved for the model (``resolve_calibration``)."""
+        return get_pass("insert-bottleneck").cls(max_error=self.max_error, calibration=calibration,
+                                                 relu_bottleneck=self.relu_bottleneck, metric=self.metric,
+                                                 cost=self.cost)
 
 
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
@@ -159,6 +168,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     if graph is model:
         graph = graph.copy()
     names = resolve_passes(passes, pipeline)
+    calibration = resolve_calibration(bottleneck.calibration, graph, bottleneck.preprocess) if bottleneck else None
     # dynamic dims: verified (and priced) at the shapes chosen here, reported in the result
     shape_choice = input_shape_choice(graph, inputs, shapes, seed, confirm=verify or verify_each_pass)
     checker = None
@@ -175,7 +185,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     budget = tolerance
     if bottleneck is not None:
         cleanup = pipeline_passes("after-bottleneck")
-        approximate = PassManager([bottleneck.create_pass()] + [get_pass(n).create() for n in cleanup])
+        approximate = PassManager([bottleneck.create_pass(calibration)] + [get_pass(n).create() for n in cleanup])
         extra = approximate.run(graph)
         report = PipelineReport(report.passes + extra.passes, report.iterations + extra.iterations,
                                 report.converged and extra.converged)
@@ -188,13 +198,36 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         raise VerificationError(f"the optimized model is not valid ONNX ({problem}); nothing was written.")
     if verify:
         criterion = Criterion(budget)
-        checks = [reference.judge(Executor(graph).run(feeds), criterion)] if runtime.uses_executor else []
-        checks += [c for c in [runtime.check(graph, criterion)] if c is not None]
+        if bottleneck is not None and bottleneck.metric != "max-rel":
+            checks = _metric_checks(graph, reference, runtime, bottleneck.metric, budget)
+        else:
+            checks = [reference.judge(Executor(graph).run(feeds), criterion)] if runtime.uses_executor else []
+            checks += [c for c in [runtime.check(graph, criterion)] if c is not None]
         verification = next((c for c in checks if not c.passed), checks[0])
         if not verification.passed and raise_on_failure:
             raise VerificationError(_failure_sentence(verification, runtime))
     return OptimizeResult(graph, report, before, after, verification, names, budget,
                           runtime.report if runtime is not None else None, shape_choice)
+
+
+def _metric_checks(graph: Graph, reference, runtime, metric: str, budget: float) -> list:
+    """The approximate result judged in the bottleneck's metric against the original, on the verification
+    inputs, by each oracle in use (shapes and inf/NaN positions must still agree exactly)."""
+    from optimizer.bottleneck.metrics import judge_in_metric
+    from optimizer.executor import Executor
+    from optimizer.oracle import run_onnxruntime
+    from optimizer.verification import Criterion
+
+    anything = Criterion(float("inf"))
+    checks = []
+    if runtime.uses_executor:
+        got = Executor(graph).run(reference.feeds)
+        checks.append(judge_in_metric(reference.judge(got, anything), metric, budget, reference.outputs, got))
+    report = runtime.check(graph, anything)
+    if report is not None:
+        got = run_onnxruntime(graph, reference.feeds)
+        checks.append(judge_in_metric(report, metric, budget, runtime.baseline, got))
+    return checks
 
 
 def _failure_sentence(verification, runtime) -> str:
@@ -254,17 +287,23 @@ def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None
     return report
 
 
-def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] | None = None,
-                        max_error: float = 1e-2, seed: int = 0):
+def analyze_bottlenecks(model: ModelLike, *, calibration: dict[str, np.ndarray] | str | os.PathLike | None = None,
+                        max_error: float = 1e-2, seed: int = 0, preprocess: str | None = None,
+                        metric: str = "max-rel"):
     """Channel-bottleneck opportunities, ranked (an ``optimizer.bottleneck.BottleneckReport``).
 
     Weight spectra along both channel modes, activation spectra on ``calibration`` inputs (or
     seeded random ones, flagged as weaker evidence), break-even ranks and predicted errors.
+    ``calibration`` may be a path: an .npz, or a folder of arrays or of images preprocessed by
+    ``preprocess`` (see ``optimizer.calibration_data``). Ranks are picked where a layer's predicted
+    relative RMS error meets ``max_error`` read in ``metric`` (``layer_rms_target``).
     """
     from optimizer.bottleneck import analyze_bottlenecks as analyze_graph
+    from optimizer.bottleneck.metrics import layer_rms_target
 
     graph = load(model)
     if graph is model:
         graph = graph.copy()
     PassManager([get_pass(n).create() for n in pipeline_passes("constant-folding")]).run(graph)
-    return analyze_graph(graph, calibration, seed=seed, max_error=max_error)
+    calibration = resolve_calibration(calibration, graph, preprocess)
+    return analyze_graph(graph, calibration, seed=seed, max_error=layer_rms_target(metric, max_error))

@@ -87,7 +87,8 @@ def cmd_optimize(args) -> int:
     if args.bottleneck:
         if args.max_error <= 0:
             raise NinoptError("--max-error must be positive.")
-        bottleneck = api.BottleneckOptions(args.max_error, _load_inputs(args.calibration), args.relu_bottleneck)
+        bottleneck = api.BottleneckOptions(args.max_error, args.calibration, args.relu_bottleneck, args.preprocess,
+                                           metric=args.metric, cost=args.cost)
     with _working(args, f"optimizing {source.name}"):
         result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
                               shapes=dict(args.shape) or None, tolerance=args.tolerance,
@@ -139,6 +140,8 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
 def cmd_analyze(args) -> int:
     if args.bottlenecks:
         return _analyze_bottlenecks(args)
+    if args.html:
+        raise NinoptError("--html draws the bottleneck analysis: use it with --bottlenecks.")
     report = api.analyze(args.model, input_shapes=dict(args.shape) or None)
     data = report.to_dict()
     if args.csv:
@@ -186,12 +189,21 @@ BOTTLENECK_COLUMNS = ("layer", "op", "shape", "macs", "structure", "rank", "macs
 
 
 def _analyze_bottlenecks(args) -> int:
+    if args.html:  # a missing extra or a bad path is found before the analysis, not after it
+        from optimizer.charts import require_matplotlib
+        from optimizer.model_files import check_destination
+
+        require_matplotlib()
+        check_destination(Path(args.html))
     with _working(args, "measuring weight and activation spectra"):
-        report = api.analyze_bottlenecks(args.model, calibration=_load_inputs(args.calibration),
-                                         max_error=args.max_error)
+        report = api.analyze_bottlenecks(args.model, calibration=args.calibration, preprocess=args.preprocess,
+                                         max_error=args.max_error, metric=args.metric)
     rows = report.rows()
     if args.csv:
         _write_rows(Path(args.csv), BOTTLENECK_COLUMNS, [[row.get(c, "") for c in BOTTLENECK_COLUMNS] for row in rows])
+    if args.html:
+        with _working(args, f"drawing {args.html}"):
+            report.write_html(args.html, title=Path(args.model).name)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=float))
         return 0
@@ -204,6 +216,8 @@ def _analyze_bottlenecks(args) -> int:
     for row in rows:
         table.add_row(*[_cell(row.get(c)) for c in BOTTLENECK_COLUMNS])
     _console().print(table)
+    if args.html:
+        _console().print(f"wrote {args.html}")
     return 0
 
 
@@ -365,7 +379,8 @@ def cmd_zoo(args) -> int:
         zoo.load_baseline(args.baseline)  # a bad baseline is bad input: exit 2 before any work
     report = zoo.run_zoo(args.models, builtin=args.builtin, jobs=args.jobs, passes=args.passes, pipeline=args.pipeline,
                          bottleneck_max_error=args.max_error if args.bottleneck else None, tolerance=args.tolerance,
-                         progress=not args.quiet, dask_address=args.dask)
+                         progress=not args.quiet, dask_address=args.dask,
+                         bottleneck_metric=args.metric)
     comparison = zoo.compare_baseline(report, args.baseline) if args.baseline else None
     if args.save:
         report.to_json(args.save)

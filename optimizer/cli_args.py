@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from importlib import metadata
 
+from optimizer.bottleneck.latency import COSTS as BOTTLENECK_COSTS
+from optimizer.bottleneck.metrics import METRICS as BOTTLENECK_METRICS
 from optimizer.verification import EXACT_TOLERANCE
 
 EXAMPLES = {
@@ -20,6 +22,13 @@ EXAMPLES = {
     "zoo": "example: ninopt zoo --builtin light --jobs 2 --html zoo.html --save zoo.json",
     "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
 }
+PREPROCESS_HELP = ("with --calibration FOLDER of images: how a pixel becomes an input value, e.g. "
+                   "'size=640x640,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW,channels=RGB' "
+                   "(every key optional; defaults from the model's input)")
+
+METRIC_HELP = ("with --bottleneck: what --max-error is read in at the model outputs, against the original: max-rel "
+               "(max|d|/max|y|), rms (||d||/||y||), cosine (1 - cos over the flattened samples) or top1 (fraction "
+               "of arg-max disagreements over the last axis, for classifiers) (default %(default)s)")
 
 
 def _version() -> str:
@@ -96,10 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", action="store_true",
                    help="also insert 1x1 channel bottlenecks (approximate, within --max-error)")
     p.add_argument("--max-error", type=float, default=1e-2,
-                   help="with --bottleneck: largest relative error at any output (default %(default)g)")
-    p.add_argument("--calibration", help="with --bottleneck: a .npz of calibration inputs (samples on axis 0)")
+                   help="with --bottleneck: largest error at any output, in --metric (default %(default)g)")
+    p.add_argument("--metric", choices=BOTTLENECK_METRICS, default="max-rel", help=METRIC_HELP)
+    p.add_argument("--calibration", metavar="PATH",
+                   help="with --bottleneck: calibration inputs: a .npz (samples on axis 0), or a folder of "
+                        ".npy/.npz files or of images (png, jpg, bmp, tif)")
+    p.add_argument("--preprocess", metavar="SPEC", help=PREPROCESS_HELP)
     p.add_argument("--relu-bottleneck", action="store_true",
                    help="with --bottleneck: put a ReLU after every inserted 1x1 even where not exact")
+    p.add_argument("--cost", choices=BOTTLENECK_COSTS, default="macs",
+                   help="with --bottleneck: keep a factorization where it saves MACs (the default) or onnxruntime "
+                        "latency, timed layer by layer (MACs when onnxruntime is not installed)")
     p.add_argument("--verify-each-pass", action="store_true",
                    help="check every rewrite; roll back (and report) any that breaks the numbers")
     p.add_argument("--tolerance", type=float, default=EXACT_TOLERANCE,
@@ -121,9 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.add_argument("--bottlenecks", action="store_true",
                    help="rank channel-bottleneck opportunities (weight and activation spectra, break-even ranks)")
-    p.add_argument("--calibration", help="with --bottlenecks: a .npz of calibration inputs (else seeded random)")
+    p.add_argument("--calibration", metavar="PATH",
+                   help="with --bottlenecks: calibration inputs (else seeded random): a .npz (samples on axis 0), "
+                        "or a folder of .npy/.npz files or of images (png, jpg, bmp, tif)")
+    p.add_argument("--preprocess", metavar="SPEC", help=PREPROCESS_HELP)
     p.add_argument("--max-error", type=float, default=1e-2,
                    help="with --bottlenecks: the error target that picks each proposed rank (default %(default)g)")
+    p.add_argument("--metric", choices=BOTTLENECK_METRICS[:3], default="max-rel",
+                   help="with --bottlenecks: what --max-error is read in (max-rel, rms or cosine; a rank's "
+                        "predicted error is a relative RMS error, so top1 cannot be predicted) (default %(default)s)")
+    p.add_argument("--html", metavar="FILE",
+                   help="with --bottlenecks: a self-contained HTML page of each layer's spectra, its break-even and "
+                        "chosen ranks, and MACs before/after (needs matplotlib)")
     p.set_defaults(command="analyze")
 
     p = sub.add_parser("run", parents=[common], help="run a model on the reference executor", epilog=EXAMPLES["run"])
@@ -163,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
     choice.add_argument("--pipeline", metavar="NAME", help="a named pipeline (`ninopt passes` lists them)")
     p.add_argument("--bottleneck", action="store_true", help="also insert bottlenecks within --max-error")
-    p.add_argument("--max-error", type=float, default=1e-2, help="with --bottleneck (default %(default)g)")
+    p.add_argument("--max-error", type=float, default=1e-2, help="with --bottleneck, in --metric (default %(default)g)")
+    p.add_argument("--metric", choices=BOTTLENECK_METRICS, default="max-rel", help=METRIC_HELP)
     p.add_argument("--tolerance", type=float, default=EXACT_TOLERANCE,
                    help="relative error against the float64 truth always allowed per output, as for optimize "
                         "(default %(default)g)")

@@ -99,3 +99,10 @@ class BottleneckDecision(Decision):
     model_error: float | None = None
     max_error: float | None = None
     evidence: str | None = None
+    #: the global allocation: the budget's metric, the MACs this layer saves, its end-to-end error
+    #: when factored alone, its share of the predicted model error, and that prediction
+    metric: str | None = None
+    macs_saved: int | None = None
+    solo_error: float | None = None
+    error_share: float | None = None
+    predicted_model_error: float | None = None

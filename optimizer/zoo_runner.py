@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from optimizer import api
+from optimizer.charts import short_number
 from optimizer.cost import analyze_costs
 from optimizer.errors import NinoptError
 from optimizer.verification import Criterion, json_number
@@ -37,7 +38,8 @@ VERDICTS = ("pass", "fail", "error")
 
 # ---------------------------------------------------------------------- one model (runs in a worker)
 def run_model(path: str, passes: list[str] | str | None = None, bottleneck_max_error: float | None = None,
-              tolerance: float = api.EXACT_TOLERANCE, name: str | None = None) -> dict[str, Any]:
+              tolerance: float = api.EXACT_TOLERANCE, name: str | None = None,
+              bottleneck_metric: str = "max-rel") -> dict[str, Any]:
     """Optimize and verify one model; a JSON-ready row. Never raises for a bad model.
 
     With ``bottleneck_max_error`` the approximate insert-bottleneck pass runs after the
@@ -47,7 +49,7 @@ def run_model(path: str, passes: list[str] | str | None = None, bottleneck_max_e
     start = time.perf_counter()
     row = _error_row(name or Path(path).stem, str(path), None)
     try:
-        _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row)
+        _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row, bottleneck_metric)
     except NinoptError as exc:
         row["verdict"], row["message"] = "error", str(exc)
     except Exception as exc:  # a bug in ninopt on this model: reported in the row, the run goes on
@@ -56,10 +58,11 @@ def run_model(path: str, passes: list[str] | str | None = None, bottleneck_max_e
     return row
 
 
-def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row) -> None:
+def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row, bottleneck_metric="max-rel") -> None:
     """Same pipeline, judge and budget as ``ninopt optimize``; a failed check becomes a "fail" row."""
     original = api.load(path)
-    bottleneck = api.BottleneckOptions(bottleneck_max_error) if bottleneck_max_error is not None else None
+    bottleneck = api.BottleneckOptions(bottleneck_max_error, metric=bottleneck_metric) \
+        if bottleneck_max_error is not None else None
     result = api.optimize(original, passes=passes, tolerance=tolerance, bottleneck=bottleneck, raise_on_failure=False)
     row["before"], row["after"] = result.before.to_dict(), result.after.to_dict()
     for stats in result.pipeline.passes:  # cleanup passes run again after bottleneck insertion: add up
@@ -215,14 +218,6 @@ def _total(summary: dict[str, Any], key: str) -> str:
     return ("≥" if partial else "") + short_number(summary[key])
 
 
-def short_number(n: int) -> str:
-    """4089184256 -> "4.09G": short enough for a terminal table."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return str(n)
-
-
 # ---------------------------------------------------------------------- running
 def zoo(models: Iterable[str | os.PathLike] = (), **options) -> ZooReport:
     """Optimize and verify many models in parallel (``ninopt zoo``): the library entry, ``optimizer.zoo``.
@@ -236,7 +231,7 @@ def zoo(models: Iterable[str | os.PathLike] = (), **options) -> ZooReport:
 
 def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int = 1, passes=None,
             pipeline: str | None = None, bottleneck_max_error: float | None = None, tolerance: float = api.EXACT_TOLERANCE, progress: bool = True,
-            dask_address: str | None = None) -> ZooReport:
+            dask_address: str | None = None, bottleneck_metric: str = "max-rel") -> ZooReport:
     """Optimize and verify every model, ``jobs`` worker processes at a time (or on the dask scheduler at
     ``dask_address``). Raises NinoptError for bad arguments only; per-model trouble lands in the rows.
     """
@@ -245,7 +240,8 @@ def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int =
     if passes is not None or pipeline is not None:  # a typo in a name is a bad argument, not nine error rows
         passes = api.resolve_passes(passes, pipeline)
     found = find_models(models, builtin)
-    options = {"passes": passes, "bottleneck_max_error": bottleneck_max_error, "tolerance": tolerance}
+    options = {"passes": passes, "bottleneck_max_error": bottleneck_max_error, "tolerance": tolerance,
+               "bottleneck_metric": bottleneck_metric}
     start = time.perf_counter()
     with _Progress(len(found), progress) as bar:
         if dask_address is not None:
@@ -253,6 +249,7 @@ def run_zoo(models: list[str | Path], *, builtin: str | None = None, jobs: int =
         else:
             rows = _run_pool(found, options, jobs, bar)
     meta = {"tolerance": tolerance, "passes": passes, "pipeline": pipeline, "bottleneck_max_error": bottleneck_max_error,
+            "bottleneck_metric": bottleneck_metric,
             "criterion": Criterion(tolerance).to_dict()}
     return ZooReport([rows[path] for _, path in found], time.perf_counter() - start, meta)
 

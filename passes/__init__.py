@@ -59,8 +59,8 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "onnxruntime": (*_DEFAULT, "fuse-conv-activation"),
     # after approximate bottleneck insertion: the factored weights replace the old ones
     "after-bottleneck": _CLEANUP,
-    # before bottleneck analysis: ConstantOfShape and other computed weights become readable
-    "constant-folding": ("fold-constants",),
+    # before bottleneck analysis: Constant ops, ConstantOfShape and other computed weights become readable
+    "constant-folding": ("constant-to-initializer", "fold-constants"),
 }
 
 #: (earlier, later): wherever a pipeline runs both, the first must come first.

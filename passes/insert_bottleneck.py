@@ -7,6 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from optimizer.bottleneck import insert_bottlenecks
+from optimizer.bottleneck.latency import cost_model
 from optimizer.decisions import BottleneckDecision
 from optimizer.pipeline import GraphPass, register_pass
 
@@ -15,8 +16,10 @@ from optimizer.pipeline import GraphPass, register_pass
 class InsertBottleneck(GraphPass):
     """Insert 1x1 channel bottlenecks in Conv/Gemm layers wider than their information (approximate, budgeted).
 
-    ``max_error`` bounds max|d| / max|y| at every model output over the calibration inputs
-    (``calibration``: input name -> samples along the leading axis; None: seeded random inputs).
+    ``max_error`` bounds the error of every model output in ``metric`` (``max-rel``: max|d| / max|y|,
+    ``rms``, ``cosine``, ``top1``; see ``optimizer.bottleneck.metrics``) over the calibration inputs
+    (``calibration``: input name -> samples along the leading axis; None: seeded random inputs);
+    the ranks are allocated over all layers at once against that budget.
     ``relu_bottleneck`` puts a ReLU after each inserted 1x1 (exact CReLU where still below
     break-even, else measured). Each considered layer lands in ``stats.decisions``. A GraphPass:
     the budget is spent over the whole model at once, so a single layer's rewrite has no meaning alone.
@@ -30,11 +33,17 @@ class InsertBottleneck(GraphPass):
     relu_bottleneck: bool = False
     seed: int = 0
     samples: int = 8
+    metric: str = "max-rel"
+    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer
+    #: (``optimizer.bottleneck.latency``; MACs when onnxruntime is not importable)
+    cost: str = "macs"
 
     def __init__(self, max_error: float | None = None, calibration: Mapping[str, np.ndarray] | None = None,
-                 relu_bottleneck: bool | None = None, seed: int | None = None, samples: int | None = None):
+                 relu_bottleneck: bool | None = None, seed: int | None = None, samples: int | None = None,
+                 metric: str | None = None, cost: str | None = None):
         for key, value in (("max_error", max_error), ("calibration", calibration),
-                           ("relu_bottleneck", relu_bottleneck), ("seed", seed), ("samples", samples)):
+                           ("relu_bottleneck", relu_bottleneck), ("seed", seed), ("samples", samples),
+                           ("metric", metric), ("cost", cost)):
             if value is not None:
                 setattr(self, key, value)
         self._left: tuple[int, int] | None = None  # (id of graph, version) this pass last left
@@ -43,12 +52,14 @@ class InsertBottleneck(GraphPass):
         if self._left == (id(g), g.version):
             return False
         result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
-                                    relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples)
+                                    relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples,
+                                    metric=self.metric, cost=None if self.cost == "macs" else cost_model(self.cost))
         stats = ctx.stats
         for row in result.rows:
             stats.matches += 1
             stats.decisions.append(BottleneckDecision(**row, model_error=result.error, max_error=self.max_error,
-                                                      evidence=result.evidence))
+                                                      evidence=result.evidence, metric=result.metric,
+                                                      predicted_model_error=result.predicted_error))
             if row["applied"]:
                 stats.rewrites += 1
             else:

@@ -99,8 +99,9 @@ def test_a_named_pipeline_runs_on_every_model(fixtures_dir):
     report = run_zoo([os.path.join(fixtures_dir, "resnet_bottleneck_bn.onnx")], pipeline="constant-folding",
                      progress=False)
     (row,) = report.models
-    assert report.meta["pipeline"] == "constant-folding" and report.meta["passes"] == ["fold-constants"]
-    assert set(row["passes"]) == {"fold-constants"} and row["verdict"] == "pass"
+    assert report.meta["pipeline"] == "constant-folding"
+    assert report.meta["passes"] == ["constant-to-initializer", "fold-constants"]
+    assert set(row["passes"]) == {"constant-to-initializer", "fold-constants"} and row["verdict"] == "pass"
 
 
 def test_builtin_light_finds_the_nine_light_models(light_zoo_dir):

@@ -8,11 +8,13 @@ models without retraining, so every bottleneck approximates its layer and is mea
   channel modes (the Tucker-2 unfoldings), the spectra of the input and output activations on
   calibration inputs (or seeded random ones, flagged ``evidence="random"``), the break-even ranks
   of the cost model, and a ranked table of opportunities with their predicted error.
-* ``insert_bottlenecks`` (the engine behind the ``insert-bottleneck`` pass): layers in
-  topological order, each fitted against the ORIGINAL network's response from the inputs the
-  already-approximated network gives it (asymmetric reconstruction), ranks chosen per layer to
-  meet the budget, kept only below break-even, then verified end to end with the executor and
-  rolled back, largest layer error first, until the model is within budget.
+* ``insert_bottlenecks`` (the engine behind the ``insert-bottleneck`` pass): every candidate
+  layer factored alone at a ladder of ranks and the network re-run downstream of it, which
+  measures its end-to-end error per rank in the budget's metric (``metrics``: max-rel, rms,
+  cosine, top1); the ranks chosen jointly by a Lagrangian sweep (``allocation``); the chosen
+  layers refitted in topological order against the ORIGINAL network's response from the inputs
+  the already-approximated network gives them (asymmetric reconstruction); then verified end to
+  end, planned again for less if over budget, and rolled back largest contributor first.
 
 Structures (r = rank; W the layer's weights; x its input; y its output):
 
@@ -25,33 +27,34 @@ Structures (r = rank; W the layer's weights; x its input; y its output):
 * ``output``: KxK (Cin->r, weights P^T W, bias P^T b) then 1x1 (r->Cout) with bias: channel
   decomposition (Zhang et al. 2015), P from centred PCA of the layer's output; the 1x1 and its
   bias are refitted by least squares against the original output.
-* ``tucker2``: 1x1 -> KxK core -> 1x1 (input side, then output side on its result).
+* ``tucker2``: 1x1 -> KxK core -> 1x1 (detection proposes it; the engine does not insert it).
 * ``svd``: a 1x1 Conv or Gemm as two (the input-side math with kh = kw = 1 is the data-aware
   truncated SVD).
 
-Predicted errors (the detection table and the rank search) are relative RMS errors of the layer
+Predicted errors (the detection table and the rank ladders) are relative RMS errors of the layer
 output from the discarded singular values, treating kernel taps as uncorrelated; decisions rest
-on the measured error ``max|d| / max|y|`` of the layer output and, at the end, of every model
-output. A layer is refused when it is depthwise or grouped, its weights are not constant, or it
-is already one side of a linear bottleneck (a Conv/Gemm feeding another directly, or through a
-ReLU after a bias-free 1x1, through a tensor narrower than the ends): that keeps the pass
-idempotent, since everything it inserts is such a pair.
+on measured end-to-end errors in the budget's metric. A layer is refused when it is depthwise or
+grouped, its weights are not constant, or it is already one side of a linear bottleneck (a
+Conv/Gemm feeding another directly, or through a ReLU after a bias-free 1x1, through a tensor
+narrower than the ends): that keeps the pass idempotent, since everything it inserts is such a pair.
 
 The package's modules follow the work: ``layers`` (which layers qualify, their costs),
-``calibration`` (feeds and the error measure), ``spectra`` (the shared linear algebra),
-``fitting`` (one layer's structures), ``engine`` (insertion, verification, rollback) and
-``detection`` (the ranked report). The names below are the public ones.
+``calibration`` (feeds and the error measure), ``metrics`` (the budget's measures),
+``spectra`` (the shared linear algebra), ``fitting`` (one layer's structures at a rank),
+``allocation`` (sensitivities and the joint choice of ranks), ``engine`` (insertion,
+verification, rollback) and ``detection`` (the ranked report). The names below are the public ones.
 """
 
-from optimizer.bottleneck.calibration import output_error, random_feeds, relative_error
+from optimizer.bottleneck.calibration import random_feeds, relative_error
 from optimizer.bottleneck.detection import BottleneckReport, LayerAnalysis, analyze_bottlenecks
 from optimizer.bottleneck.engine import BottleneckResult, insert_bottlenecks
 from optimizer.bottleneck.fitting import Fit
+from optimizer.bottleneck.metrics import METRICS, metric_error
 from optimizer.bottleneck.layers import Layer, break_even_rank, layer_of, linear_bottleneck_blocker, structure_macs
 from optimizer.bottleneck.spectra import input_bases
 
 __all__ = [
     "analyze_bottlenecks", "insert_bottlenecks", "BottleneckReport", "BottleneckResult", "LayerAnalysis", "Fit",
     "Layer", "layer_of", "linear_bottleneck_blocker", "structure_macs", "break_even_rank", "input_bases",
-    "random_feeds", "relative_error", "output_error",
+    "random_feeds", "relative_error", "METRICS", "metric_error",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer import verification
-from optimizer.executor import Executor
 from optimizer.inputs import choose_input_shapes, random_inputs
 from optimizer.ir import Graph
 
@@ -29,16 +28,15 @@ def calibration_feeds(graph: Graph, calibration, samples: int, seed: int) -> tup
     missing = [n for n in names if n not in calibration]
     if missing:
         raise ValueError(f"calibration lacks input(s) {', '.join(missing)}")
-    batch = {n: (graph.shape(n) or (1,))[0] for n in names}
-    counts = {n: np.asarray(calibration[n]).shape[0] // (batch[n] if isinstance(batch[n], int) else 1) for n in names}
-    count = min(counts.values())
+    # a dynamic batch takes one sample per feed
+    batch = {n: d if isinstance(d := (graph.shape(n) or (1,))[0], int) and d > 0 else 1 for n in names}
+    count = min(np.asarray(calibration[n]).shape[0] // batch[n] for n in names)
     feeds = []
     for i in range(count):
         feed = {}
         for n in names:
-            b = batch[n] if isinstance(batch[n], int) else np.asarray(calibration[n]).shape[0]
             dtype = graph.tensors[n].dtype if n in graph.tensors else None
-            value = np.asarray(calibration[n])[i * b:(i + 1) * b]
+            value = np.asarray(calibration[n])[i * batch[n]:(i + 1) * batch[n]]
             feed[n] = value.astype(dtype) if dtype is not None else value
         feeds.append(feed)
     return feeds, "calibration"
@@ -50,12 +48,3 @@ def relative_error(reference: list[np.ndarray], approx: list[np.ndarray]) -> flo
     truth = np.concatenate([np.ravel(y) for y in reference])
     value = np.concatenate([np.ravel(a) for a in approx]).astype(np.float64)
     return verification.relative_error(value, truth, np.ones(truth.shape, bool))
-
-
-def output_error(reference: dict[str, list[np.ndarray]], candidate: Graph, feeds: list[dict]) -> float:
-    """Largest relative error (max|d|/max|y|) of the candidate's outputs, run by the executor, against
-    reference outputs (output name -> one array per feed)."""
-    executor = Executor(candidate)
-    got = [executor.run(f) for f in feeds]
-    return max((relative_error(ref, [c[o] for c in got]) for o, ref in reference.items()), default=0.0)
-

@@ -1,8 +1,9 @@
-"""Fitting one layer: the input, output, Tucker-2 and SVD structures at the smallest rank within budget.
+"""Fitting one layer: the input-side (or SVD) and output-side structures at a given rank.
 
 Each fit runs on the inputs the already-approximated network gives the layer and is measured
-against the original network's response (asymmetric reconstruction); ranks start at the
-prediction and step up until the measured layer error meets the budget or break-even is hit.
+against the original network's response (asymmetric reconstruction). ``ladder`` proposes the
+ranks worth measuring (the smallest ranks whose predicted layer error meets a ladder of targets,
+below break-even); which one a layer gets is the global allocation's choice.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from optimizer.bottleneck.spectra import InputError, LayerStats, input_bases, la
 from optimizer.executor import run_node
 from optimizer.ir import Node
 
-#: Step of the rank search once the prediction turns out optimistic: r <- r + max(1, r * STEP).
-RANK_STEP = 0.25
 #: Pixels (rows) per channel the moments need before the data may shape a fit.
 TRUST_ROWS = 4
+#: Predicted relative RMS layer errors whose smallest ranks make a layer's ladder.
+LADDER_TARGETS = (0.3, 0.1, 0.03, 0.01, 1e-3, 1e-5)
 
 
 @dataclass
@@ -47,10 +48,9 @@ class Fit:
 class LayerFitter:
     """Fits the structures of one layer on the approximated inputs against the original outputs."""
 
-    def __init__(self, layer: Layer, xs_o, xs_a, ys_o, opset: int, tol: float, relu_bottleneck: bool,
-                 nonneg_input: bool, rng):
+    def __init__(self, layer: Layer, xs_o, xs_a, ys_o, opset: int, relu_bottleneck: bool, nonneg_input: bool, rng):
         self.layer, self.xs_a, self.ys_o, self.opset = layer, xs_a, ys_o, opset
-        self.tol, self.relu_bottleneck, self.nonneg_input = tol, relu_bottleneck, nonneg_input
+        self.relu_bottleneck, self.nonneg_input = relu_bottleneck, nonneg_input
         self.st = layer_moments(layer, xs_o, xs_a, ys_o, rng)
         rows = sum(as_matrix(layer, x).shape[1] for x in xs_a)
         #: with fewer pixels than TRUST_ROWS x channels the data would be fitted, not measured
@@ -71,7 +71,37 @@ class LayerFitter:
         self.gram = wi.T @ wi
         self.predict_in = InputError(self.gram, self.st)
         self._bases: dict[str, np.ndarray] | None = None
-        self._input_fits: dict[tuple[str, int], Fit | None] = {}
+        self._fits: dict[tuple[str, int], Fit | None] = {}
+        self._out = None
+        self.in_structure = "svd" if layer.kk == 1 else "input"
+        self.hi = {self.in_structure: min(break_even_rank(layer, self.in_structure, self.px_in, self.px_out),
+                                          layer.cin - 1, layer.cout * layer.kk)}
+        if layer.kk > 1 and self.trusted_out:
+            self.hi["output"] = min(break_even_rank(layer, "output", self.px_in, self.px_out), layer.cout - 1)
+
+    def ladder(self) -> list[tuple[str, int]]:
+        """(structure, rank) pairs worth measuring: per structure, the smallest ranks below break-even
+        whose predicted layer error meets each of LADDER_TARGETS, and a half and a quarter of break-even
+        (where the predictions are optimistic)."""
+        rungs = []
+        for structure, hi in self.hi.items():
+            pred = self._predict_in if structure == self.in_structure else self._predict_out
+            ranks = ({smallest_rank(pred, hi, t) for t in LADDER_TARGETS} | {hi // 2, hi // 4}) - {None, 0}
+            rungs += [(structure, r) for r in sorted(ranks)]
+        return rungs
+
+    def fit(self, structure: str, rank: int) -> Fit | None:
+        """The layer factored as ``structure`` at ``rank`` (cached), or None below one channel."""
+        if (structure, rank) not in self._fits:
+            if rank < 1:
+                self._fits[structure, rank] = None
+            elif structure == self.in_structure:
+                name, q = min(((n, q) for n, q in self._input_bases().items() if q.shape[1] >= rank),
+                              key=lambda item: self.predict_in(item[1][:, :rank]))
+                self._fits[structure, rank] = self._input_fit(q[:, :rank], name, structure)
+            else:
+                self._fits[structure, rank] = self._output_fit(rank)
+        return self._fits[structure, rank]
 
     # ----- running factor layers on the calibration inputs
     def _apply(self, w: np.ndarray, b: np.ndarray | None, xs, attrs: dict) -> list[np.ndarray]:
@@ -87,35 +117,17 @@ class LayerFitter:
         return relative_error(self.ys_o, outs)
 
     # ----- input side (also "svd" for 1x1 convs and Gemms)
-    def input_side(self, tol: float) -> Fit | None:
-        layer = self.layer
-        structure = "svd" if layer.kk == 1 else "input"
-        hi = break_even_rank(layer, structure, self.px_in, self.px_out)
-        hi = min(hi, layer.cin - 1, layer.cout * layer.kk)
-        if hi < 1:
-            return None
+    def _input_bases(self) -> dict[str, np.ndarray]:
         if self._bases is None:
             self._bases = input_bases(self.gram, self.st)
             if not self.trusted_in:
                 self._bases = {"weights": self._bases["weights"]}
-        bases = self._bases
+        return self._bases
 
-        def pred(r):
-            return min(self.predict_in(q[:, :r]) for q in bases.values() if q.shape[1] >= r)
+    def _predict_in(self, r: int) -> float:
+        return min(self.predict_in(q[:, :r]) for q in self._input_bases().values() if q.shape[1] >= r)
 
-        r = smallest_rank(pred, hi, tol)
-        while r is not None and r <= hi:
-            name, q = min(((n, q) for n, q in bases.items() if q.shape[1] >= r),
-                          key=lambda item: self.predict_in(item[1][:, :r]))
-            if (name, r) not in self._input_fits:
-                self._input_fits[name, r] = self._input_fit(q[:, :r], name, structure, hi)
-            fit = self._input_fits[name, r]
-            if fit is not None and fit.error <= tol:
-                return fit
-            r = min(hi, r + max(1, int(r * RANK_STEP))) if r < hi else None
-        return None
-
-    def _input_fit(self, q: np.ndarray, basis: str, structure: str, hi: int) -> Fit | None:
+    def _input_fit(self, q: np.ndarray, basis: str, structure: str) -> Fit:
         layer, r = self.layer, q.shape[1]
         signs = np.where(q.sum(axis=0) < 0, -1.0, 1.0)  # the refit absorbs signs; a non-negative factor may appear
         reduce_w = (q * signs).T[:, :, None, None]
@@ -124,7 +136,7 @@ class LayerFitter:
         if self.nonneg_input and np.all(reduce_w >= 0):
             relu = "exact: non-negative input and factor"
         elif self.relu_bottleneck:
-            if 2 * r <= hi:
+            if 2 * r <= self.hi[structure]:
                 relu = "crelu: [W; -W] then ReLU, next layer [U, -U] (exact, 2r channels)"
             else:
                 relu = "relu: measured deviation"
@@ -158,114 +170,50 @@ class LayerFitter:
             n += zm.shape[1]
         return solve_psd(c_zz / n, layer.unfold_in() @ (c_oz / n))
 
-    # ----- output side
-    def output_side(self, tol: float, base: Fit | None = None) -> Fit | None:
-        """KxK (Cin->r) + 1x1 (r->Cout); on top of ``base`` (an input-side fit) it makes a Tucker-2."""
+    # ----- output side: KxK (Cin->r) + 1x1 (r->Cout), channel decomposition
+    def _output_moments(self):
+        """Per-sample output matrices of the layer on its actual inputs, their moments and PCA basis (cached)."""
+        if self._out is None:
+            layer = self.layer
+            ys_a = self.ys_o if self.same_input else self._apply(layer.w, layer.bias, self.xs_a, conv_attrs(layer.node))
+            ya = [as_matrix(layer, y).astype(np.float64) for y in ys_a]
+            yo = [as_matrix(layer, y).astype(np.float64) for y in self.ys_o]
+            n = sum(m.shape[1] for m in ya)
+            m_a = sum(m.sum(axis=1) for m in ya) / n
+            m_o = sum(m.sum(axis=1) for m in yo) / n
+            c_aa = sum(m @ m.T for m in ya) / n
+            c_oa = sum(o @ a.T for o, a in zip(yo, ya)) / n
+            ey2 = sum(float(np.sum(o * o)) for o in yo) / n
+            _, vecs = np.linalg.eigh(c_aa - np.outer(m_a, m_a))
+            self._out = (ya, m_a, m_o, c_aa, c_oa, ey2, vecs[:, ::-1])
+        return self._out
+
+    def _solve_out(self, r: int):
+        """Top-r centred PCA projection P, the least-squares 1x1 expand [W | b], and the predicted error."""
+        _, m_a, m_o, c_aa, c_oa, ey2, p_all = self._output_moments()
+        p = p_all[:, :r]
+        gram = np.block([[p.T @ c_aa @ p, (p.T @ m_a)[:, None]], [(m_a @ p)[None, :], np.ones((1, 1))]])
+        cross = np.hstack([c_oa @ p, m_o[:, None]])
+        coef = solve_psd(gram, cross)  # Cout x (r + 1)
+        residual = ey2 - float(np.sum(coef * cross))
+        return p, coef, math.sqrt(max(residual, 0.0) / ey2) if ey2 > 0 else 0.0
+
+    def _predict_out(self, r: int) -> float:
+        return self._solve_out(r)[2]
+
+    def _output_fit(self, r: int) -> Fit:
         layer = self.layer
-        structure = "output" if base is None else "tucker2"
-        if base is None:
-            ys_a = self.ys_o if self.same_input else self._apply(layer.w, layer.bias, self.xs_a,
-                                                                    conv_attrs(layer.node))
-            per_rank = structure_macs(layer, "output", 1, self.px_in, self.px_out)
-            budget = self.macs - 1
-        else:
-            ys_a = base.outputs
-            r1 = base.rank
-            per_rank = r1 * layer.kk * self.px_out + layer.cout * self.px_out
-            budget = self.macs - 1 - layer.cin * r1 * self.px_in
-        hi = min(max(0, budget // per_rank), layer.cout - 1)
-        if hi < 1:
-            return None
-        ya = [as_matrix(layer, y).astype(np.float64) for y in ys_a]
-        yo = [as_matrix(layer, y).astype(np.float64) for y in self.ys_o]
-        n = sum(m.shape[1] for m in ya)
-        m_a = sum(m.sum(axis=1) for m in ya) / n
-        m_o = sum(m.sum(axis=1) for m in yo) / n
-        c_aa = sum(m @ m.T for m in ya) / n
-        c_oa = sum(o @ a.T for o, a in zip(yo, ya)) / n
-        ey2 = sum(float(np.sum(o * o)) for o in yo) / n
-        _, vecs = np.linalg.eigh(c_aa - np.outer(m_a, m_a))
-        p_all = vecs[:, ::-1]
-
-        def solve(r):
-            p = p_all[:, :r]
-            gram = np.block([[p.T @ c_aa @ p, (p.T @ m_a)[:, None]], [(m_a @ p)[None, :], np.ones((1, 1))]])
-            cross = np.hstack([c_oa @ p, m_o[:, None]])
-            coef = solve_psd(gram, cross)  # Cout x (r + 1)
-            residual = ey2 - float(np.sum(coef * cross))
-            return p, coef, math.sqrt(max(residual, 0.0) / ey2) if ey2 > 0 else 0.0
-
-        r = smallest_rank(lambda r: solve(r)[2], hi, tol)
-        while r is not None and r <= hi:
-            p, coef, pred = solve(r)
-            expand_w, expand_b = coef[:, :r], coef[:, r]
-            outs = [self._expand(expand_w, expand_b, p.T @ a, y) for a, y in zip(ya, self.ys_o)]
-            err = self._err(outs)
-            if err <= tol:
-                return self._output_fit(structure, base, p, expand_w, expand_b, r, pred, err, outs)
-            r = min(hi, r + max(1, int(r * RANK_STEP))) if r < hi else None
-        return None
+        p, coef, pred = self._solve_out(r)
+        expand_w, expand_b = coef[:, :r], coef[:, r]
+        outs = [self._expand(expand_w, expand_b, p.T @ a, y) for a, y in zip(self._output_moments()[0], self.ys_o)]
+        core_w = np.einsum("or,oihw->rihw", p, layer.w)
+        weights = [("core", core_w, p.T @ layer.bias, conv_attrs(layer.node)),
+                   ("expand", expand_w[:, :, None, None], expand_b, {})]
+        macs = structure_macs(layer, "output", r, self.px_in, self.px_out)
+        return Fit("output", r, macs, self._err(outs), pred, weights, outs, "pca", "none")
 
     def _expand(self, w, b, h, like):
         y = (w @ h + b[:, None]).astype(np.float32)
         if self.layer.is_gemm:
             return y.T
         return np.moveaxis(y.reshape((like.shape[1], like.shape[0]) + like.shape[2:]), 0, 1)
-
-    def _output_fit(self, structure, base, p, expand_w, expand_b, r, pred, err, outs) -> Fit:
-        layer = self.layer
-        if base is None:
-            core_w = np.einsum("or,oihw->rihw", p, layer.w)
-            core_b = p.T @ layer.bias
-            weights = [("core", core_w, core_b, conv_attrs(layer.node))]
-            rank, macs, basis, relu = r, structure_macs(layer, "output", r, self.px_in, self.px_out), "pca", "none"
-        else:
-            (_, reduce_w, _, _), (_, main_w, main_b, attrs) = base.weights
-            core_w = np.einsum("or,oihw->rihw", p, main_w)
-            weights = [("reduce", reduce_w, None, {}), ("core", core_w, p.T @ main_b, attrs)]
-            rank = (base.rank, r)
-            macs = structure_macs(layer, "tucker2", rank, self.px_in, self.px_out)
-            basis, relu = base.basis + "+pca", base.relu
-        weights.append(("expand", expand_w[:, :, None, None], expand_b, {}))
-        return Fit(structure, rank, macs, err, pred, weights, outs, basis, relu)
-
-    # ----- choice
-    def _output_rank_estimate(self, tol: float) -> int:
-        """Smallest output rank whose discarded centred output energy is within ``tol`` (PCA of y)."""
-        yo = [as_matrix(self.layer, y).astype(np.float64) for y in self.ys_o]
-        n = sum(m.shape[1] for m in yo)
-        mean = sum(m.sum(axis=1) for m in yo) / n
-        eig = np.clip(np.linalg.eigvalsh(sum(m @ m.T for m in yo) / n - np.outer(mean, mean))[::-1], 0, None)
-        tail = np.concatenate([np.cumsum(eig[::-1])[::-1], [0.0]]) / max(self.st.ey2, 1e-300)
-        return int(np.argmax(np.sqrt(tail) <= tol))
-
-    def best(self) -> tuple[Fit | None, str]:
-        """The cheapest fit within the layer budget (ties: fewer nodes), or None and why.
-
-        Output-side and Tucker-2 fits are only tried when the PCA estimate of their output rank
-        leaves them a chance to beat the best fit so far (they cost a full run of the layer).
-        """
-        fits = []
-        inp = self.input_side(self.tol)
-        if inp is not None:
-            fits.append(inp)
-        if self.layer.kk > 1 and self.trusted_out:
-            bound = inp.macs if inp is not None else self.macs
-            r_out = self._output_rank_estimate(self.tol)
-            if 0 < r_out and structure_macs(self.layer, "output", r_out, self.px_in, self.px_out) < bound:
-                out = self.output_side(self.tol)
-                if out is not None:
-                    fits.append(out)
-                    bound = min(bound, out.macs)
-            r_out = self._output_rank_estimate(self.tol / math.sqrt(2))
-            r_in = inp.rank if inp is not None else 1
-            if 0 < r_out and structure_macs(self.layer, "tucker2", (r_in, r_out), self.px_in, self.px_out) < bound:
-                half = self.input_side(self.tol / math.sqrt(2))
-                if half is not None and half.relu == "none":
-                    tucker = self.output_side(self.tol, base=half)
-                    if tucker is not None:
-                        fits.append(tucker)
-        if not fits:
-            return None, "no rank below break-even meets the error budget"
-        return min(fits, key=lambda f: (f.macs, f.nodes)), ""
-

@@ -3,6 +3,13 @@
 Run on demand (not part of the test suite):
 
     python tests/benchmarks/bench_bottleneck.py [--max-error 1e-2] [--samples 2] [--zoo all|none|NAME,...]
+    python tests/benchmarks/bench_bottleneck.py --trained DIR [--metric cosine] [--trained-error 1e-3] [--models det,...]
+
+``--trained DIR`` (a folder holding scikit-image's ``skimage/data`` PNGs, e.g. unpacked from
+``pip download scikit-image==0.24.0 --no-deps``; needs Pillow) runs the trained models in
+~/.cache/ninopt/wild instead: PP-OCRv4 det, YOLOv8n (320n.onnx) and the ddddocr detector, calibrated
+on CALIBRATION_IMAGES and verified on the held-apart VERIFICATION_IMAGES in ``--metric``, with a
+per-layer table (rank, solo end-to-end error, share of the predicted error, MACs saved, reason).
 
 Per model, in one run: MACs before/after (``optimizer.cost``), onnxruntime latency before/after
 (CPU, 2 intra-op threads, ORT_ENABLE_ALL, median of repeated runs) and the relative error
@@ -92,7 +99,7 @@ def bench(name: str, graph, max_error: float, samples: int) -> dict:
     ms_before, ms_after = ort_latencies([original, graph], feeds[0])
     row = {"model": name, "macs_before": analyze_costs(original).total_macs, "macs_after": analyze_costs(graph).total_macs,
            "ms_before": ms_before, "ms_after": ms_after,
-           "inserted": stats.rewrites, "layers": stats.matches, "calib_error": max((d["model_error"] for d in stats.decisions), default=0.0),
+           "inserted": stats.rewrites, "layers": stats.matches, "calib_error": max((d.model_error for d in stats.decisions), default=0.0),
            "fresh_error": err, "seconds": seconds}
     print(f"{name:32s} MACs {row['macs_before'] / 1e6:9.1f}M -> {row['macs_after'] / 1e6:9.1f}M "
           f"({row['macs_before'] / max(row['macs_after'], 1):5.2f}x)  ORT {row['ms_before']:8.2f} -> {row['ms_after']:8.2f} ms "
@@ -101,12 +108,83 @@ def bench(name: str, graph, max_error: float, samples: int) -> dict:
     return row
 
 
+WILD = os.path.expanduser("~/.cache/ninopt/wild")
+#: (model id, file, preprocess spec) of the trained models
+TRAINED = (("det", "ch_PP-OCRv4_det_infer.onnx", "size=320x320,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"),
+           ("yolov8n", "320n.onnx", "size=320x320,scale=1/255"),
+           ("ddddocr-det", "common_det.onnx", "size=416x416,scale=1/255"))
+CALIBRATION_IMAGES = ("page", "text", "astronaut", "coffee", "chelsea", "camera", "motorcycle_left", "horse")
+VERIFICATION_IMAGES = ("brick", "coins", "motorcycle_right", "clock_motion")
+
+
+def image_set(folder: str, names, graph, spec: str) -> dict:
+    import shutil
+    import tempfile
+
+    from optimizer.calibration_data import load_calibration
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            shutil.copy(os.path.join(folder, f"{name}.png"), tmp)
+        return load_calibration(tmp, graph, spec)
+
+
+def bench_trained(images: str, metric: str, max_error: float, wanted) -> None:
+    from optimizer.bottleneck import metric_error
+
+    print(f"trained models: --metric {metric} --max-error {max_error:g}; calibration {', '.join(CALIBRATION_IMAGES)}; "
+          f"verification (held apart) {', '.join(VERIFICATION_IMAGES)}")
+    for mid, file, spec in TRAINED:
+        if wanted and mid not in wanted:
+            continue
+        graph = onnx_io.load(os.path.join(WILD, file))
+        PassManager([get_pass("fold-constants").create()]).run(graph)
+        calibration = image_set(images, CALIBRATION_IMAGES, graph, spec)
+        verification = image_set(images, VERIFICATION_IMAGES, graph, spec)
+        name = graph.feed_inputs()[0]
+        pins = {name: (1, *calibration[name].shape[1:])}
+        original = graph.copy()
+        start = time.perf_counter()
+        stats = PassManager([get_pass("insert-bottleneck").cls(max_error=max_error, calibration=calibration,
+                                                               metric=metric)]).run(graph).passes[0]
+        seconds = time.perf_counter() - start
+        feeds = [{name: verification[name][i:i + 1]} for i in range(len(verification[name]))]
+        outs = [(o, [run(original, f)[o] for f in feeds], [run(graph, f)[o] for f in feeds]) for o in original.outputs]
+        held = max(metric_error(metric, ref, got) for _, ref, got in outs)
+        held_max_rel = max(metric_error("max-rel", ref, got) for _, ref, got in outs)
+        before, after = analyze_costs(original, pins).total_macs, analyze_costs(graph, pins).total_macs
+        ms_before, ms_after = ort_latencies([original, graph], feeds[0])
+        decisions = stats.decisions
+        calib = max((d.model_error for d in decisions), default=0.0)
+        predicted = max((d.predicted_model_error or 0.0 for d in decisions), default=0.0)
+        print(f"\n{mid} ({file}, {pins[name]}): MACs {before / 1e6:.1f}M -> {after / 1e6:.1f}M "
+              f"(-{100 * (1 - after / before):.1f}%)  ORT {ms_before:.2f} -> {ms_after:.2f} ms "
+              f"(-{100 * (1 - ms_after / ms_before):.1f}%)  inserted {stats.rewrites}/{stats.matches}  "
+              f"{metric}: predicted {predicted:.2e} calibration {calib:.2e} held-apart {held:.2e} "
+              f"(max-rel there {held_max_rel:.2e})  [{seconds:.0f}s]")
+        print(f"  {'layer':40s} {'shape':>16s} {'struct':>7s} {'rank':>5s} {'MACs before':>12s} {'saved':>11s} "
+              f"{'solo err':>9s} {'share':>6s}  reason")
+        for d in sorted(decisions, key=lambda d: -(d.macs_before or 0)):
+            shape = "x".join(map(str, d.shape or []))
+            print(f"  {d.node[:40]:40s} {shape:>16s} {d.structure or '':>7s} {str(d.rank or ''):>5s} "
+                  f"{d.macs_before or 0:12,d} {d.macs_saved or 0:11,d} "
+                  f"{'' if d.solo_error is None else f'{d.solo_error:.1e}':>9s} "
+                  f"{'' if d.error_share is None else f'{d.error_share:.2f}':>6s}  {d.reason}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-error", type=float, default=1e-2)
     parser.add_argument("--samples", type=int, default=2, help="calibration samples for the light zoo (fixtures: 8)")
     parser.add_argument("--zoo", default="all", help="all, none, or comma-separated ids (alexnet, resnet50, ...)")
+    parser.add_argument("--trained", metavar="DIR", help="folder of scikit-image's data PNGs: run the trained models")
+    parser.add_argument("--metric", default="cosine", help="the budget's metric for --trained")
+    parser.add_argument("--trained-error", type=float, default=1e-3, help="the budget for --trained")
+    parser.add_argument("--models", default="", help="comma-separated trained model ids (det, yolov8n, ddddocr-det)")
     args = parser.parse_args()
+    if args.trained:
+        bench_trained(args.trained, args.metric, args.trained_error, set(filter(None, args.models.split(","))))
+        return
     print(f"max_error {args.max_error:g}; error = max|d|/max|y| on fresh random inputs; ORT: 2 threads, ORT_ENABLE_ALL")
     for fixture, budget in (("seed_bottleneck", 1e-4), ("seed_bottleneck_noisy", args.max_error),
                             ("inception_module", args.max_error)):
