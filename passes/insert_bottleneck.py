@@ -9,6 +9,7 @@ import numpy as np
 from optimizer.bottleneck import insert_bottlenecks
 from optimizer.bottleneck.latency import cost_model
 from optimizer.decisions import BottleneckDecision
+from optimizer.inputs import prepare_feeds
 from optimizer.pipeline import GraphPass, register_pass
 
 
@@ -51,18 +52,30 @@ class InsertBottleneck(GraphPass):
     def run(self, g, ctx) -> bool:
         if self._left == (id(g), g.version):
             return False
+        cost = None if self.cost == "macs" else cost_model(self.cost)
+        before = g.copy() if cost is not None else None
         result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
                                     relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples,
-                                    metric=self.metric, cost=None if self.cost == "macs" else cost_model(self.cost))
+                                    metric=self.metric, cost=cost)
+        latency = self._latency(cost, before, g, [row["node"] for row in result.rows if row["applied"]])
         stats = ctx.stats
         for row in result.rows:
             stats.matches += 1
             stats.decisions.append(BottleneckDecision(**row, model_error=result.error, max_error=self.max_error,
                                                       evidence=result.evidence, metric=result.metric,
-                                                      predicted_model_error=result.predicted_error))
+                                                      predicted_model_error=result.predicted_error, **latency))
             if row["applied"]:
                 stats.rewrites += 1
             else:
                 stats.refuse(row["reason"])
         self._left = (id(g), g.version)
         return result.changed
+
+    @staticmethod
+    def _latency(cost, before, after, applied: list[str]) -> dict[str, float]:
+        """The model's onnxruntime seconds before, predicted and measured after, when priced by latency."""
+        if cost is None or not applied:
+            return {}
+        feeds, _ = prepare_feeds(before, None, None, 0)
+        report = cost.end_to_end(before, after, applied, feeds)
+        return {key: report[key] for key in ("seconds_before", "seconds_predicted", "seconds_after") if key in report}

@@ -164,7 +164,8 @@ def insert_bottlenecks(graph: Graph, *, max_error: float, calibration: Mapping[s
     share, kept = 1.0, None
     for attempt in range(REPLANS):
         plan, predicted = allocate(sensitivities, share * budget)
-        rows, insertions, reference = _refit(graph, order, feeds, candidates, plan, predicted, refusals, fitter_args)
+        rows, insertions, reference = _refit(graph, order, feeds, candidates, plan, predicted, refusals, fitter_args,
+                                             cost)
         outcome = BottleneckResult(graph, rows, 0.0, max_error, evidence, metric=metric,
                                    predicted_error=from_additive(metric, predicted))
         for ins in insertions:
@@ -212,9 +213,10 @@ def _measure(graph: Graph, metric: str, reference: dict, feeds: list[dict]) -> f
 
 
 def _refit(graph: Graph, order: list[Node], feeds: list[dict], candidates: dict[str, Layer], plan: dict[str, Rung],
-           predicted: float, refusals: dict[str, str], fitter_args: dict):
+           predicted: float, refusals: dict[str, str], fitter_args: dict, cost=None):
     """Walk the graph on the original and the approximated activations, refitting each planned layer at its
-    rank on the inputs its factored predecessors give it; rows, insertions and the original outputs."""
+    rank on the inputs its factored predecessors give it; rows, insertions and the original outputs. A
+    ``cost`` model prices each refitted layer again (a cache hit), so it holds the fits chosen."""
     last_use: dict[str, int] = {}
     for i, node in enumerate(order):
         for t in node.inputs:
@@ -238,6 +240,8 @@ def _refit(graph: Graph, order: list[Node], feeds: list[dict], candidates: dict[
                                      nonneg_input=_nonnegative(graph, x), **fitter_args)
                 rung = plan.get(node.outputs[0])
                 fit = fitter.fit(rung.structure, rung.rank) if rung is not None else None
+                if fit is not None and cost is not None:
+                    cost.saving(graph, node, fit, env_o[x][0].shape)
                 row.update(_row(layer, fitter, fit, rung, predicted))
                 reason = "" if fit is not None else refusals[node.outputs[0]]
             else:
