@@ -48,7 +48,7 @@ def conv(ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.n
     ctx.guard(out_shape, x.dtype)
     w = w.astype(x.dtype, copy=False)
     xp = pad_for(x, win)
-    if 0 in out_shape:  # tap slices of an empty output axis would wrap around
+    if 0 in out_shape:  # nothing to compute (and an empty band's columns cannot be reshaped)
         y = np.zeros(out_shape, dtype=x.dtype)
     elif group == c and group > 1:
         y = _depthwise(ctx, xp, w, win)
@@ -63,6 +63,14 @@ def conv(ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.n
     return y
 
 
+def _column_buffer(ctx, band_shape: tuple[int, ...], dtype) -> np.ndarray:
+    """One flat buffer for the columns of every band: allocating per band costs a fresh round of
+    page faults each time (large blocks come straight from the OS), which measured slower than
+    the copy into them."""
+    ctx.guard(band_shape, dtype, "column buffer")
+    return np.empty(math.prod(band_shape), dtype=dtype)
+
+
 def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
     """Depthwise conv as im2col from one strided view of the padded input plus a batched matmul.
 
@@ -70,8 +78,8 @@ def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
     padded image's row-major layout) reads input pixel ``o + offset(tap)``, so each column row
     is one long contiguous run instead of one short output row; outputs are computed on the
     padded grid and the columns past the output width (which mix in neighbouring rows) are
-    cropped at the end. Channels go in bands so the column buffer stays near
-    ``DEPTHWISE_COLUMN_BYTES``.
+    cropped at the end. At other strides the view spans the output grid itself. Channels go in
+    bands so the column buffer stays near ``DEPTHWISE_COLUMN_BYTES``.
     """
     n, c = xp.shape[:2]
     mult = w.shape[0] // c
@@ -94,11 +102,12 @@ def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
     y = np.empty((n, c, mult) + wide, dtype=xp.dtype)
     out = y.reshape(n, c, mult, -1)[..., :pixels]
     band = max(1, min(c, DEPTHWISE_COLUMN_BYTES // max(n * taps * pixels * item, 1)))
+    buffer = _column_buffer(ctx, (n, band, taps, pixels), xp.dtype)
     for c0 in range(0, c, band):
         channels = slice(c0, min(c0 + band, c))
-        ctx.guard((n, channels.stop - c0, taps, pixels), xp.dtype, "column buffer")
-        cols = np.ascontiguousarray(columns[:, channels]).reshape(n, -1, taps, pixels)
-        np.matmul(weights[channels], cols, out=out[:, channels])
+        cols = buffer[:n * (channels.stop - c0) * taps * pixels].reshape((n, -1) + win.kernel + grid)
+        np.copyto(cols, columns[:, channels])
+        np.matmul(weights[channels], cols.reshape(n, -1, taps, pixels), out=out[:, channels])
     return np.ascontiguousarray(y[(Ellipsis,) + tuple(slice(0, o) for o in win.out[1:])])
 
 
@@ -111,11 +120,12 @@ def _im2col_conv(ctx, xp: np.ndarray, w: np.ndarray, win: Window, group: int) ->
     band = max(1, min(win.out[0], IM2COL_BYTES // max(row_elems, 1)))
     y = np.empty((n, group, mg) + win.out, dtype=xp.dtype)
     weights = w.reshape(group, mg, cg * len(taps))
+    buffer = _column_buffer(ctx, (n, c, len(taps), band) + win.out[1:], xp.dtype)
     for r0 in range(0, win.out[0], band):
         rows = slice(r0, min(r0 + band, win.out[0]))
         height = rows.stop - rows.start
-        ctx.guard((n, c, len(taps), height) + win.out[1:], xp.dtype, "column buffer")
-        cols = np.empty((n, group, cg, len(taps), height) + win.out[1:], dtype=xp.dtype)
+        shape = (n, group, cg, len(taps), height) + win.out[1:]
+        cols = buffer[:math.prod(shape)].reshape(shape)
         for t, tap in enumerate(taps):
             view = xp[(slice(None), slice(None)) + win.tap_slices(tap, rows)]
             cols[:, :, :, t] = view.reshape((n, group, cg, height) + win.out[1:])

@@ -30,7 +30,8 @@ class Window:
         for axis, (k, s, d, o) in enumerate(zip(tap, self.strides, self.dilations, self.out)):
             lo, hi = (rows.start, rows.stop) if rows is not None and axis == 0 else (0, o)
             start = k * d + lo * s
-            slices.append(slice(start, start + (hi - lo - 1) * s + 1, s))
+            stop = start + (hi - lo - 1) * s + 1 if hi > lo else start  # empty, not wrapped past 0
+            slices.append(slice(start, stop, s))
         return tuple(slices)
 
 
