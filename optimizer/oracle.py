@@ -252,15 +252,23 @@ class RuntimeOracle:
     def uses_executor(self) -> bool:
         return "executor" in self.report.used
 
-    def check(self, optimized: Graph, criterion: Criterion) -> VerifyReport | None:
-        """The optimized model against the original, both in onnxruntime; None when onnxruntime is not used."""
+    def outputs(self, optimized: Graph) -> dict[str, np.ndarray] | None:
+        """The optimized model's outputs in onnxruntime on the reference inputs; None when onnxruntime is not used."""
         if self.baseline is None:
             return None
         try:
-            got = run_onnxruntime(optimized, self.reference.feeds)
+            return run_onnxruntime(optimized, self.reference.feeds)
         except OracleUnavailable as exc:
             raise VerificationError(f"onnxruntime runs the original model but not the optimized one: {exc}; "
                                     f"nothing was written.") from None
+
+    def check(self, optimized: Graph, criterion: Criterion,
+              got: dict[str, np.ndarray] | None = None) -> VerifyReport | None:
+        """The optimized model against the original, both in onnxruntime (``got``: its outputs, when already
+        run); None when onnxruntime is not used."""
+        if self.baseline is None:
+            return None
+        got = self.outputs(optimized) if got is None else got
         self.report.verification = self._judge(lambda noise: self.reference.judge(
             got, criterion, oracle="onnxruntime", baseline=self.baseline, oracle_noise=noise))
         self._original = None
