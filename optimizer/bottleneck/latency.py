@@ -16,7 +16,7 @@ Both cost models share one interface, so the engine needs no branch:
 * ``factored_cost(graph, node, fit, x_shape)``: the nodes ``fit`` would replace it with;
 * ``saving(graph, node, fit, x_shape)``: what factoring saves; keep the fit only when > 0;
 * ``models_seconds(models)``: end-to-end onnxruntime latency of each, runs interleaved so load
-  from elsewhere on the machine hits them alike (None for ``MacCost``); ``model_seconds(model)``;
+  from elsewhere on the machine hits them alike (None for ``MacCost``);
 * ``end_to_end(before, after)``: predicted and measured end-to-end figures for the report.
 
 Times are the fastest of repeated runs, not the median: on a shared machine the slower runs
@@ -256,9 +256,6 @@ class LatencyCost(_Cost):
         feeds, _ = prepare_feeds(graphs[0], feeds, seed=self.seed)
         sessions = [self._session(g) for g in graphs]
         return _fastest_runs(sessions, feeds, 5, self.repeats, time.perf_counter() + self.budget / 2)
-
-    def model_seconds(self, model, feeds: dict[str, np.ndarray] | None = None) -> float:
-        return self.models_seconds([model], feeds)[0]
 
 
 def _replicated(proto: onnx.ModelProto, copies: int) -> onnx.ModelProto:
