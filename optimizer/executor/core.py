@@ -101,6 +101,7 @@ class Executor:
             raise UnsupportedOpError(problems)
         self._problems = problems
         self._constants: dict[str, np.ndarray] | None = None  # read on first run: planning stays cheap
+        self._constant_ids: set[int] = set()  # ids of those views, alive as long as this executor
         produced = {o for s in self._steps for o in s.outputs if o}
         local = produced | set(graph.inputs) | set(graph.initializers)
         reads = {n for s in self._steps for n in s.inputs + list(s.ctx.node.implicit_inputs) if n}
@@ -159,7 +160,12 @@ class Executor:
                 view = self.precision.held(np.asarray(self.graph.initializer_value(name))).view()
                 view.flags.writeable = False
                 self._constants[name] = view
+                self._constant_ids.add(id(view))
         return dict(self._constants)
+
+    def holds_constant(self, array: Any) -> bool:
+        """Whether ``array`` is one of this executor's read-only initializer views (for kernels' caches)."""
+        return id(array) in self._constant_ids
 
     @property
     def schedule(self) -> list[tuple[Node, tuple[str, ...]]]:
@@ -312,9 +318,12 @@ def _with_outputs(graph: Graph, names: Iterable[str]) -> Graph:
 
 @dataclass(frozen=True)
 class _Limit:
-    """The allocation guard ``run_node`` gives a kernel (an Executor is its own)."""
+    """The allocation guard ``run_node`` gives a kernel (an Executor is its own); it holds no weights."""
 
     max_tensor_bytes: int
+
+    def holds_constant(self, array: Any) -> bool:
+        return False
 
 
 def _kernel_for(node: Node, opset: int) -> tuple[Any, str | None]:

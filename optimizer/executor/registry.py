@@ -69,7 +69,7 @@ def registered_ops() -> list[tuple[str, str, int, int | None]]:
 class NodeContext:
     """What a kernel knows about its node besides the input values."""
 
-    __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer")
+    __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer", "_derived")
 
     def __init__(self, node, opset: int, limits, subgraphs: dict[str, Any] | None = None,
                  attrs: dict[str, Any] | None = None):
@@ -79,9 +79,24 @@ class NodeContext:
         self.limits = limits  # the owning Executor: its max_tensor_bytes is read at run time
         self.subgraphs = subgraphs or {}
         self.outer = None  # the running scope, set while a node with subgraphs executes
+        self._derived: dict[str, tuple[Any, Any]] = {}
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
+
+    def derived(self, key: str, source: np.ndarray, make: Callable[[np.ndarray], Any]) -> Any:
+        """``make(source)``, remembered while ``source`` is one of the executor's own weights.
+
+        Weights reach a kernel as the same read-only initializer view on every run, so work done
+        on them alone (a transposed or widened copy) is done once per executor, not once per run.
+        Any other array (computed, or fed by a caller who may change it) is never remembered."""
+        hit = self._derived.get(key)
+        if hit is not None and hit[0] is source:
+            return hit[1]
+        value = make(source)
+        if self.limits.holds_constant(source):
+            self._derived[key] = (source, value)
+        return value
 
     @property
     def n_outputs(self) -> int:
