@@ -197,18 +197,21 @@ class Executor:
         return {name: _owned(env[name]) for name in self.graph.outputs}, timings
 
     def _execute(self, env: dict[str, Any], timings: list | None = None) -> None:
+        """Run the planned steps in ``env``. This loop is the executor's fixed cost per node, so the
+        common case (no subgraphs, no float widening, one ndarray out) takes the fewest steps."""
         precision = self.precision
+        adapts_outputs = precision.compute_dtype is not None
         with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
             for step in self._steps:
                 if timings is not None:
                     started = time.perf_counter()
                 args = [env[name] if name else None for name in step.inputs]
-                stored = None  # the inputs' own dtypes, when some were widened for the kernel
-                if not step.has_subgraphs:  # bodies adapt their own ops; If/Loop pass values through as held
-                    args, stored = precision.kernel_inputs(args)
                 ctx = step.ctx
-                if step.has_subgraphs:
+                stored = None  # the inputs' own dtypes, when some were widened for the kernel
+                if step.has_subgraphs:  # bodies adapt their own ops; If/Loop pass values through as held
                     ctx.outer = env
+                elif precision.needs_widening(args):
+                    args, stored = precision.kernel_inputs(args)
                 try:
                     result = step.fn(ctx, *args)
                 except NinoptError:
@@ -217,11 +220,11 @@ class Executor:
                     raise _kernel_failure(ctx.node, exc) from exc
                 finally:
                     ctx.outer = None
-                if not isinstance(result, tuple):
+                if type(result) is not tuple:
                     result = (result,)
-                values = [np.asarray(value) if name and not isinstance(value, np.ndarray) else value
+                values = [value if type(value) is np.ndarray or not name else np.asarray(value)
                           for name, value in zip(step.outputs, result)]
-                if precision.compute_dtype is not None or stored is not None or step.widened_attrs:
+                if adapts_outputs or stored is not None or step.widened_attrs:
                     if step.sources is None:
                         step.sources = output_sources(ctx.node, ctx.opset)
                     values = precision.kernel_outputs(step.sources, values, stored)

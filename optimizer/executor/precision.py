@@ -96,10 +96,16 @@ class Precision:
                 changed[key] = value.astype(self.widen[value.dtype])
         return {**node.attrs, **changed} if changed else None
 
-    def kernel_inputs(self, args: list[Any]) -> tuple[list[Any], list[np.dtype | None] | None]:
-        """Inputs widened for the kernel, and every input's stored dtype (None when nothing was widened)."""
-        if not any(isinstance(a, np.ndarray) and a.dtype in self.widen for a in args):
-            return args, None
+    def needs_widening(self, args: list[Any]) -> bool:
+        """Whether some input is held in a type kernels do not compute in (checked before every op)."""
+        widen = self.widen
+        for a in args:
+            if isinstance(a, np.ndarray) and a.dtype in widen:
+                return True
+        return False
+
+    def kernel_inputs(self, args: list[Any]) -> tuple[list[Any], list[np.dtype | None]]:
+        """Inputs widened for the kernel, and every input's stored dtype (call when ``needs_widening``)."""
         stored = [a.dtype if isinstance(a, np.ndarray) else None for a in args]
         return [self.widened(a) for a in args], stored
 
