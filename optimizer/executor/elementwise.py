@@ -50,9 +50,15 @@ def leaky_relu(x, alpha=0.01):
 
 
 def sigmoid(x):
-    # exp(-|x|) never overflows, so both halves stay exact in float32
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    """1 / (1 + e) for x >= 0 and e / (1 + e) below, with e = exp(-|x|): e never overflows, so
+    both halves stay exact in float32. Computed in place in two buffers (it is the hottest
+    activation of SiLU networks such as YOLOv8)."""
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    numerator = np.where(np.signbit(x), e, x.dtype.type(1))  # -0.0 gives e = 1: the same 0.5
+    np.add(e, 1, out=e)
+    return np.divide(numerator, e, out=numerator)
 
 
 def hard_sigmoid(x, alpha=0.2, beta=0.5):
