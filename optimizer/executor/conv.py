@@ -112,25 +112,34 @@ def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
 
 
 def _im2col_conv(ctx, xp: np.ndarray, w: np.ndarray, win: Window, group: int) -> np.ndarray:
+    """Columns from one strided view of the padded input (every tap of every output pixel), copied
+    band by band of output rows with one call each, then one batched matmul per band: a Python
+    loop over taps would cost more than the copy itself for long 1-D kernels (256 taps) or tiny maps."""
     n, c = xp.shape[:2]
     m = w.shape[0]
     cg, mg = c // group, m // group
-    taps = list(itertools.product(*(range(k) for k in win.kernel)))
-    row_elems = n * c * len(taps) * math.prod(win.out[1:]) * xp.dtype.itemsize
-    band = max(1, min(win.out[0], IM2COL_BYTES // max(row_elems, 1)))
+    taps = math.prod(win.kernel)
+    axis_strides = xp.strides[2:]
+    columns = as_strided(xp, shape=(n, group, cg) + win.kernel + win.out,
+                         strides=(xp.strides[0], cg * xp.strides[1], xp.strides[1])
+                         + tuple(d * a for d, a in zip(win.dilations, axis_strides))
+                         + tuple(s * a for s, a in zip(win.strides, axis_strides)), writeable=False)
+    row_bytes = n * c * taps * math.prod(win.out[1:]) * xp.dtype.itemsize
+    band = max(1, min(win.out[0], IM2COL_BYTES // max(row_bytes, 1)))
     y = np.empty((n, group, mg) + win.out, dtype=xp.dtype)
-    weights = w.reshape(group, mg, cg * len(taps))
-    buffer = _column_buffer(ctx, (n, c, len(taps), band) + win.out[1:], xp.dtype)
+    weights = w.reshape(group, mg, cg * taps)
+    buffer = _column_buffer(ctx, (n, c, taps, band) + win.out[1:], xp.dtype)
+    rows_axis = 3 + len(win.kernel)
     for r0 in range(0, win.out[0], band):
         rows = slice(r0, min(r0 + band, win.out[0]))
-        height = rows.stop - rows.start
-        shape = (n, group, cg, len(taps), height) + win.out[1:]
+        shape = (n, group, cg) + win.kernel + (rows.stop - r0,) + win.out[1:]
         cols = buffer[:math.prod(shape)].reshape(shape)
-        for t, tap in enumerate(taps):
-            view = xp[(slice(None), slice(None)) + win.tap_slices(tap, rows)]
-            cols[:, :, :, t] = view.reshape((n, group, cg, height) + win.out[1:])
-        band_out = np.matmul(weights, cols.reshape(n, group, cg * len(taps), -1))
-        y[:, :, :, rows] = band_out.reshape((n, group, mg, height) + win.out[1:])
+        np.copyto(cols, columns[(slice(None),) * rows_axis + (rows,)])
+        if band == win.out[0]:  # one band: the product lands in the output directly
+            np.matmul(weights, cols.reshape(n, group, cg * taps, -1), out=y.reshape(n, group, mg, -1))
+        else:
+            band_out = np.matmul(weights, cols.reshape(n, group, cg * taps, -1))
+            y[:, :, :, rows] = band_out.reshape((n, group, mg, rows.stop - r0) + win.out[1:])
     return y
 
 

@@ -78,6 +78,8 @@ def pad_for(x: np.ndarray, win: Window, value=0) -> np.ndarray:
         widths.append((max(begin, 0), max(end, 0)))
     if any(c != slice(None) for c in crop):
         x = x[tuple(crop)]
-    if any(w != (0, 0) for w in widths):
-        x = np.pad(x, widths, constant_values=value)
+    if any(w != (0, 0) for w in widths):  # np.pad costs tens of microseconds per call in Python alone
+        padded = np.full([b + size + e for (b, e), size in zip(widths, x.shape)], value, dtype=x.dtype)
+        padded[tuple(slice(b, b + size) for (b, _), size in zip(widths, x.shape))] = x
+        x = padded
     return x
