@@ -19,9 +19,11 @@ from optimizer.executor.errors import (
 )
 from optimizer.executor.norm import bn_is_training
 from optimizer.executor.registry import kernel, lookup, registered_ops
+from optimizer.executor.threads import set_blas_threads
 
 __all__ = [
     "Executor", "run", "run_node", "has_kernel", "unsupported_ops", "default_max_tensor_bytes", "set_max_tensor_bytes",
+    "set_blas_threads",
     "kernel", "lookup", "registered_ops", "bn_is_training",
     "FeedError", "KernelError", "ResourceLimitError", "UnsupportedOp", "UnsupportedOpError",
 ]

@@ -21,6 +21,7 @@ from optimizer.errors import NinoptError
 from optimizer.executor.errors import FeedError, KernelError, UnsupportedOp, UnsupportedOpError
 from optimizer.executor.precision import Precision, output_sources
 from optimizer.executor.registry import NodeContext, lookup
+from optimizer.executor.threads import blas_limit
 from optimizer.ir import Graph, Node
 from optimizer.values import Subgraph
 
@@ -177,7 +178,8 @@ class Executor:
         """Graph outputs (or the ``outputs`` planned for) by name for the given inputs."""
         env = self._scope()
         env.update(self._check_feeds(feeds))
-        self._execute(env)
+        with blas_limit():
+            self._execute(env)
         return {name: _owned(env[name]) for name in self.graph.outputs}
 
     def call(self, outer: Mapping[str, np.ndarray], inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -193,7 +195,8 @@ class Executor:
         env = self._scope()
         env.update(self._check_feeds(feeds))
         timings: list[tuple[Node, float, list]] = []
-        self._execute(env, timings)
+        with blas_limit():
+            self._execute(env, timings)
         return {name: _owned(env[name]) for name in self.graph.outputs}, timings
 
     def _execute(self, env: dict[str, Any], timings: list | None = None) -> None:
@@ -371,7 +374,7 @@ def run_node(node: Node, inputs: Sequence[np.ndarray | None], opset: int, *,
     if reason:
         raise UnsupportedOpError([UnsupportedOp(node.op_type, node.domain, opset, _label(node), reason)])
     limit = _Limit(default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes))
-    with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
+    with np.errstate(all="ignore"), blas_limit():  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
         try:
             result = spec.fn(NodeContext(node, opset, limit), *inputs)
         except NinoptError:

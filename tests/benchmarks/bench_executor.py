@@ -14,8 +14,8 @@ subprocess so that peak memory is measured per engine:
   (peak after the runs minus peak just before the first run);
 * for ninopt also the tracemalloc peak of one run (numpy-side allocations only).
 
-onnxruntime uses 2 intra-op threads and ORT_ENABLE_ALL; OPENBLAS_CORETYPE and thread
-settings of the environment are left as they are.
+onnxruntime uses 2 intra-op threads and ORT_ENABLE_ALL; ninopt runs BLAS on ``--blas-threads``
+threads (default 1, as the executor does unless told otherwise).
 
 Last, the executor's fixed cost per node: a chain of 1,000 Adds of two 4-element tensors,
 timed in both engines (total time / 1,000).
@@ -94,7 +94,9 @@ def _measure(engine: str, path: str, runs: int, out_path: str) -> None:
     feeds = _feed(path)
     if engine == "ninopt":
         from optimizer import onnx_io
-        from optimizer.executor import Executor
+        from optimizer.executor import Executor, set_blas_threads
+
+        set_blas_threads(int(os.environ["NINOPT_BENCH_BLAS_THREADS"]))
 
         executor = Executor(onnx_io.load(path))
         call = lambda: list(executor.run(feeds).values())  # noqa: E731
@@ -133,11 +135,9 @@ def _measure(engine: str, path: str, runs: int, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result))
 
 
-def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int | None) -> dict:
+def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int) -> dict:
     out_path = os.path.join(workdir, f"{Path(path).stem}.{engine}.json")
-    env = dict(os.environ)
-    if blas_threads and engine == "ninopt":
-        env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
+    env = dict(os.environ, NINOPT_BENCH_BLAS_THREADS=str(blas_threads))
     subprocess.run([sys.executable, __file__, "--measure", engine, path, str(runs), out_path], check=True, env=env)
     result = json.loads(Path(out_path).read_text())
     result["output"] = np.load(out_path + ".npy")
@@ -150,8 +150,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["squeezenet", "inception_v1", "resnet50", "wild"],
                         help="light zoo names, 'wild' (every fetched trained model) or a wild model's file stem")
     parser.add_argument("--skip-reference", action="store_true", help="do not time onnx.reference (slow)")
-    parser.add_argument("--blas-threads", type=int, help="OPENBLAS_NUM_THREADS for ninopt's subprocess "
-                        "(default: inherited; 1 is steadier on a busy 2-core machine)")
+    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads during ninopt's runs "
+                        "(default 1, the executor's own default)")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -162,7 +162,7 @@ def main() -> None:
     mb = 1 << 20
     ratios_ort, ratios_ref, memory_ratios = [], [], []
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
-          f"OPENBLAS_NUM_THREADS for ninopt: {args.blas_threads or os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
+          f"BLAS threads for ninopt: {args.blas_threads}")
     with tempfile.TemporaryDirectory() as workdir:
         print(f"{'model':<30}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
               f"{'numpy peak MB':>15}  max|diff| vs ort")

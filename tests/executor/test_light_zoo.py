@@ -36,13 +36,28 @@ def test_all_nine_light_models_are_present():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_matches_shipped_output(name):
+    """The float32 run reproduces the shipped output, unless that output is a softmax of logits so
+    large that float32 cannot resolve them (a step of 1 or more between neighbouring values): then
+    the softmax is decided by rounding (squeezenet: the constant weights drive all 1,000 logits to
+    9.5e9, where float32 values are 1,024 apart; BLAS's summation order, which depends on its thread
+    count, picks a winner). There the float64 truth must reproduce the shipped output and the
+    float32 logits must agree with the truth's to the suite's own tolerance (six of the nine models'
+    logits are that large: 262,144 apart in alexnet, 2.4e24 in vgg19)."""
     path = LIGHT / f"light_{name}.onnx"
     tolerance = json.loads((ONNX_DATA / "real" / f"test_{name}" / "data.json").read_text())
     graph = onnx_io.load(path)
-    outputs = run(graph, runner_feeds(onnx.load(str(path))))
+    feeds = runner_feeds(onnx.load(str(path)))
     expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"light_{name}_output_0.pb")))
+    final = graph.producer(graph.outputs[0])
+    watched = [graph.outputs[0]] + ([final.inputs[0]] if final.op_type == "Softmax" else [])
+    outputs = run(graph, feeds, outputs=watched)
     got = outputs[graph.outputs[0]]
     assert got.dtype == expected.dtype and got.shape == expected.shape
+    logits = outputs.get(final.inputs[0])
+    if logits is not None and np.spacing(np.abs(logits).max()) >= 1:
+        truth = run(graph, feeds, outputs=watched, compute_dtype=np.float64)
+        np.testing.assert_allclose(logits, truth[final.inputs[0]], rtol=tolerance["rtol"], atol=tolerance["atol"])
+        got = truth[graph.outputs[0]]
     np.testing.assert_allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"])
 
 
