@@ -97,15 +97,18 @@ class Executor:
             raise NinoptError(f"The model imports ai.onnx opset {self.graph.opset('')}, newer than any this executor "
                               f"knows (up to {newest}), so what its ops compute is unknown.")
         problems: list[UnsupportedOp] = []
-        self._steps = self._plan(problems)
+        steps = self._plan(problems)
+        #: Constant nodes run once, with the weights (their values never change); the rest every run
+        self._constant_steps = [s for s in steps if _is_constant_node(s.ctx.node)]
+        self._steps = [s for s in steps if not _is_constant_node(s.ctx.node)]
         if problems and _parent is None:
             raise UnsupportedOpError(problems)
         self._problems = problems
         self._constants: dict[str, np.ndarray] | None = None  # read on first run: planning stays cheap
         self._constant_ids: set[int] = set()  # ids of those views, alive as long as this executor
-        produced = {o for s in self._steps for o in s.outputs if o}
+        produced = {o for s in steps for o in s.outputs if o}
         local = produced | set(graph.inputs) | set(graph.initializers)
-        reads = {n for s in self._steps for n in s.inputs + list(s.ctx.node.implicit_inputs) if n}
+        reads = {n for s in steps for n in s.inputs + list(s.ctx.node.implicit_inputs) if n}
         #: names this graph reads from an enclosing scope (subgraph bodies only)
         self.outer_names = sorted((reads | set(graph.outputs)) - local)
 
@@ -154,15 +157,24 @@ class Executor:
                 steps[i].free.append(name)
 
     def _scope(self) -> dict[str, np.ndarray]:
-        """A fresh scope holding the initializers, as read-only views so no kernel or caller can change the weights."""
+        """A fresh scope holding the initializers and Constant nodes' values, as read-only views so no
+        kernel or caller can change the weights."""
         if self._constants is None:
             self._constants = {}
             for name in self.graph.initializers:  # default values, also of overridable (input-listed) ones
-                view = self.precision.held(np.asarray(self.graph.initializer_value(name))).view()
-                view.flags.writeable = False
-                self._constants[name] = view
-                self._constant_ids.add(id(view))
+                self._hold_constant(name, self.precision.held(np.asarray(self.graph.initializer_value(name))))
+            if self._constant_steps:
+                made: dict[str, Any] = {}
+                self._execute(made, self._constant_steps)
+                for name, value in made.items():
+                    self._hold_constant(name, value)
         return dict(self._constants)
+
+    def _hold_constant(self, name: str, value: np.ndarray) -> None:
+        view = value.view()
+        view.flags.writeable = False
+        self._constants[name] = view
+        self._constant_ids.add(id(view))
 
     def holds_constant(self, array: Any) -> bool:
         """Whether ``array`` is one of this executor's read-only initializer views (for kernels' caches)."""
@@ -170,7 +182,8 @@ class Executor:
 
     @property
     def schedule(self) -> list[tuple[Node, tuple[str, ...]]]:
-        """The planned order: each node with the tensors dropped right after it runs."""
+        """The order of each run: each node with the tensors dropped right after it runs (Constant nodes
+        are not in it: they are evaluated once, with the initializers)."""
         return [(step.ctx.node, tuple(step.free)) for step in self._steps]
 
     # ------------------------------------------------------------------ running
@@ -179,7 +192,7 @@ class Executor:
         env = self._scope()
         env.update(self._check_feeds(feeds))
         with blas_limit():
-            self._execute(env)
+            self._execute(env, self._steps)
         return {name: _owned(env[name]) for name in self.graph.outputs}
 
     def call(self, outer: Mapping[str, np.ndarray], inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -187,7 +200,7 @@ class Executor:
         env = self._scope()
         env.update((name, outer[name]) for name in self.outer_names if name in outer)
         env.update(zip(self.graph.inputs, inputs))
-        self._execute(env)
+        self._execute(env, self._steps)
         return [env[name] for name in self.graph.outputs]
 
     def run_timed(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[tuple[Node, float, list]]]:
@@ -196,16 +209,16 @@ class Executor:
         env.update(self._check_feeds(feeds))
         timings: list[tuple[Node, float, list]] = []
         with blas_limit():
-            self._execute(env, timings)
+            self._execute(env, self._steps, timings)
         return {name: _owned(env[name]) for name in self.graph.outputs}, timings
 
-    def _execute(self, env: dict[str, Any], timings: list | None = None) -> None:
-        """Run the planned steps in ``env``. This loop is the executor's fixed cost per node, so the
-        common case (no subgraphs, no float widening, one ndarray out) takes the fewest steps."""
+    def _execute(self, env: dict[str, Any], steps: list[_Step], timings: list | None = None) -> None:
+        """Run ``steps`` in ``env``. This loop is the executor's fixed cost per node, so the common
+        case (no subgraphs, no float widening, one ndarray out) takes the fewest steps."""
         precision = self.precision
         adapts_outputs = precision.compute_dtype is not None
         with np.errstate(all="ignore"):  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
-            for step in self._steps:
+            for step in steps:
                 if timings is not None:
                     started = time.perf_counter()
                 args = [env[name] if name else None for name in step.inputs]
@@ -330,6 +343,10 @@ class _Limit:
 
     def holds_constant(self, array: Any) -> bool:
         return False
+
+
+def _is_constant_node(node: Node) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def _kernel_for(node: Node, opset: int) -> tuple[Any, str | None]:
