@@ -63,14 +63,20 @@ def sigmoid(x):
 
 def hard_sigmoid(x, alpha=0.2, beta=0.5):
     t = x.dtype.type
-    return np.clip(x * t(alpha) + t(beta), t(0), t(1))
+    y = x * t(alpha)
+    y += t(beta)
+    return clip(y, t(0), t(1), out=y)
 
 
-def clip(x, lo=None, hi=None):
+def clip(x, lo=None, hi=None, out=None):
+    """max(x, lo) then min(., hi), NaN staying NaN; the second bound is applied in place (into ``out``
+    when given, which may be ``x`` itself)."""
     if lo is not None:
-        x = np.maximum(x, lo)
+        x = np.maximum(x, lo, out=out)
+        if isinstance(x, np.ndarray):  # not a 0-d result, which numpy hands back as a scalar
+            out = x
     if hi is not None:
-        x = np.minimum(x, hi)
+        x = np.minimum(x, hi, out=out)
     return x
 
 
@@ -119,7 +125,9 @@ def _hard_sigmoid(ctx, x):
 
 @kernel("HardSwish", since=14)
 def _hard_swish(ctx, x):
-    return x * hard_sigmoid(x, 1 / 6, 0.5)
+    y = hard_sigmoid(x, 1 / 6, 0.5)
+    y *= x
+    return y
 
 
 @kernel("Elu")
