@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from optimizer import graphsurgeon, onnx_io
-from optimizer.calibration_data import resolve_calibration
+from optimizer.calibration_data import resolve_calibration, resolve_inputs
 from optimizer.errors import NinoptError, VerificationError
 from optimizer.ir import Graph
 from optimizer.onnx_checks import schema_problem
@@ -65,6 +65,7 @@ class OptimizeResult:
     budget: float = EXACT_TOLERANCE  # the criterion's floor: relative error vs the truth always allowed
     oracle: Any = None  # optimizer.oracle.OracleReport: which oracles judged the result, and what onnxruntime said
     shapes: Any = None  # optimizer.inputs.ShapeChoice: the input shapes verified (and priced) at
+    bottleneck_cost: str | None = None  # what bottleneck insertion priced by: "macs" or "onnxruntime" (None: not run)
 
     def save(self, path: str | os.PathLike, **options) -> Path:
         return onnx_io.save(self.graph, path, **options)
@@ -88,6 +89,7 @@ class OptimizeResult:
             "budget": self.budget,
             "oracle": self.oracle.to_dict() if self.oracle is not None else None,
             **(self.shapes.to_dict() if self.shapes is not None else {}),
+            **({"bottleneck_cost": self.bottleneck_cost} if self.bottleneck_cost is not None else {}),
         }
 
 
@@ -118,9 +120,9 @@ class BottleneckOptions:
     relu_bottleneck: bool = False
     preprocess: str | None = None  # with an image folder: the spec, e.g. "size=640x640,scale=1/255"
     metric: str = "max-rel"  # what max_error is read in: max-rel, rms, cosine or top1 (optimizer.bottleneck.metrics)
-    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer (MACs when
-    #: onnxruntime is not importable); see ``optimizer.bottleneck.latency``
-    cost: str = "macs"
+    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer; None: the
+    #: default, onnxruntime when importable, else MACs (``optimizer.bottleneck.latency.cost_in_use``)
+    cost: str | None = None
 
     def create_pass(self, calibration: dict[str, np.ndarray] | None):
         """The pass, with ``calibration`` resolved for the model (``resolve_calibration``)."""
@@ -130,7 +132,8 @@ class BottleneckOptions:
 
 
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
-             pipeline: str | None = None, inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+             pipeline: str | None = None, inputs: dict[str, np.ndarray] | str | os.PathLike | None = None,
+             preprocess: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
              tolerance: float = EXACT_TOLERANCE, seed: int = 0, verify_each_pass: bool = False,
              bottleneck: BottleneckOptions | None = None, raise_on_failure: bool = True,
              oracle: str | None = None) -> OptimizeResult:
@@ -141,8 +144,9 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
 
     The input is never changed: a Graph argument is copied first; a path or ModelProto is
     loaded fresh. Verification runs the model before the passes on the executor, in its own
-    precision and in float64 (the truth), on the same inputs as the result (``inputs``, else
-    seeded random ones), and raises VerificationError, naming the output and its error, when
+    precision and in float64 (the truth), on the same inputs as the result (``inputs``: a dict,
+    or a path read as calibration data is, images preprocessed by ``preprocess``; else seeded
+    random ones), and raises VerificationError, naming the output and its error, when
     any output of the result is further from the truth than ``max(tolerance, k x noise
     floor)`` (see ``optimizer.verification``). ``oracle`` says who runs the models:
     ``"executor"``, ``"onnxruntime"`` or ``"both"`` (default: both when onnxruntime is
@@ -158,6 +162,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     ``raise_on_failure=False`` a failed verification is returned in the result instead
     (``result.verification.passed`` is False), for callers that report rather than stop.
     """
+    from optimizer.bottleneck.latency import cost_in_use
     from optimizer.executor import Executor
     from optimizer.oracle import RuntimeOracle, check_oracle
     from optimizer.inputs import input_shape_choice, prepare_feeds
@@ -169,6 +174,8 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         graph = graph.copy()
     names = resolve_passes(passes, pipeline)
     calibration = resolve_calibration(bottleneck.calibration, graph, bottleneck.preprocess) if bottleneck else None
+    seen_in_calibration = bottleneck is not None and _same_source(inputs, bottleneck.calibration)
+    inputs = resolve_inputs(inputs, graph, preprocess)
     # dynamic dims: verified (and priced) at the shapes chosen here, reported in the result
     shape_choice = input_shape_choice(graph, inputs, shapes, seed, confirm=verify or verify_each_pass)
     checker = None
@@ -190,7 +197,6 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         report = PipelineReport(report.passes + extra.passes, report.iterations + extra.iterations,
                                 report.converged and extra.converged)
         names = names + ["insert-bottleneck", *cleanup]
-        seen_in_calibration = inputs is not None and inputs is bottleneck.calibration
         budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
     after = GraphSummary.of(graph, shape_choice.pins)
     verification = None
@@ -207,7 +213,17 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         if not verification.passed and raise_on_failure:
             raise VerificationError(_failure_sentence(verification, runtime))
     return OptimizeResult(graph, report, before, after, verification, names, budget,
-                          runtime.report if runtime is not None else None, shape_choice)
+                          runtime.report if runtime is not None else None, shape_choice,
+                          cost_in_use(bottleneck.cost) if bottleneck is not None else None)
+
+
+def _same_source(inputs, calibration) -> bool:
+    """Whether the verification inputs are the calibration inputs: the same dict, or the same file or folder."""
+    if inputs is None or calibration is None:
+        return False
+    if isinstance(inputs, (str, os.PathLike)) and isinstance(calibration, (str, os.PathLike)):
+        return Path(inputs).resolve() == Path(calibration).resolve()
+    return inputs is calibration
 
 
 def _metric_checks(graph: Graph, reference, runtime, metric: str, budget: float) -> list:
@@ -255,11 +271,14 @@ def profile(model: ModelLike, feeds: dict[str, np.ndarray] | None = None, *, run
     return profile_graph(graph, feeds, runs)
 
 
-def verify(reference: ModelLike, candidate: ModelLike, **options):
-    """Compare two models on the same inputs (see ``optimizer.verification.verify`` for the options)."""
+def verify(reference: ModelLike, candidate: ModelLike, *, inputs: dict[str, np.ndarray] | str | os.PathLike | None = None,
+           preprocess: str | None = None, **options):
+    """Compare two models on the same inputs (see ``optimizer.verification.verify`` for the options);
+    ``inputs`` may be a path, read as ``optimize`` reads it."""
     from optimizer.verification import verify as verify_graphs
 
-    return verify_graphs(load(reference), load(candidate), **options)
+    graph = load(reference)
+    return verify_graphs(graph, load(candidate), inputs=resolve_inputs(inputs, graph, preprocess), **options)
 
 
 def analyze(model: ModelLike, *, input_shapes: dict[str, tuple[int, ...]] | None = None):

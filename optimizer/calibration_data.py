@@ -1,8 +1,10 @@
-"""Calibration data from files: an ``.npz``, a folder of ``.npy``/``.npz`` arrays, or a folder of images.
+"""Input samples from files: an ``.npz``, a folder of ``.npy``/``.npz`` arrays, or a folder of images.
 
-Bottleneck ranks are chosen from activation spectra, and random inputs do not excite a trained
-model the way its own data does; this module turns what a user has at hand into the calibration
-dict the bottleneck engine takes (input name -> samples along axis 0).
+One reader serves both places a user hands ninopt data: calibration (``--calibration``; bottleneck
+ranks are chosen from activation spectra, and random inputs do not excite a trained model the way
+its own data does) and the inputs verification and ``run`` use (``--inputs``), so held-apart real
+images can check what calibration images chose. Either way the result is a dict input name ->
+samples along axis 0.
 
 Images are decoded with Pillow (optional: ``pip install "ninopt[images]"``) and preprocessed by
 a spec string, ``--preprocess "size=640x640,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW"``:
@@ -31,33 +33,73 @@ ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 SPEC_KEYS = ("size", "scale", "mean", "std", "layout", "channels")
 CHANNEL_COUNTS = {"RGB": 3, "BGR": 3, "GRAY": 1}
 
+Source = Mapping[str, np.ndarray] | str | os.PathLike | None
 
-def resolve_calibration(calibration, graph: Graph, preprocess: str | None = None) -> dict[str, np.ndarray] | None:
-    """The calibration dict for ``graph`` from what a caller passed: None, a dict, or a path to load."""
-    if calibration is None or isinstance(calibration, Mapping):
-        if preprocess is not None:
-            raise NinoptError("--preprocess applies to images given with --calibration FOLDER; "
-                              "no image folder was given.")
-        return None if calibration is None else dict(calibration)
-    return load_calibration(calibration, graph, preprocess)
+
+def resolve_calibration(calibration: Source, graph: Graph, preprocess: str | None = None) -> dict[str, np.ndarray] | None:
+    """The calibration dict for ``graph`` from what a caller passed: None, a dict, or a path to load.
+    Calibration feeds every input, so each needs values."""
+    if calibration is not None and not isinstance(calibration, Mapping):
+        return load_calibration(calibration, graph, preprocess)
+    _refuse_preprocess(preprocess)
+    return None if calibration is None else _with_every_input(dict(calibration), graph)
+
+
+def resolve_inputs(inputs: Source, graph: Graph, preprocess: str | None = None) -> dict[str, np.ndarray] | None:
+    """The inputs to verify or run ``graph`` with, from None, a dict or a path (``load_samples``); inputs
+    left out are drawn at random (``optimizer.inputs.prepare_feeds``). One run takes them all, so a folder's
+    samples must make the model's batch."""
+    if inputs is None or isinstance(inputs, Mapping):
+        _refuse_preprocess(preprocess)
+        return None if inputs is None else dict(inputs)
+    loaded = load_samples(inputs, graph, preprocess, purpose="input")
+    if Path(inputs).is_dir():
+        for name, value in loaded.items():
+            batch = (graph.shape(name) or (None,))[0]
+            if isinstance(batch, int) and batch > 0 and len(value) != batch:
+                raise NinoptError(f"{inputs} holds {len(value)} sample(s) of input {name!r}, but the model runs a "
+                                  f"fixed batch of {batch} and the inputs are one run; give it {batch} sample(s).")
+    return loaded
+
+
+def _refuse_preprocess(preprocess: str | None) -> None:
+    if preprocess is not None:
+        raise NinoptError("--preprocess applies to images given with --calibration or --inputs FOLDER; "
+                          "no image folder was given.")
 
 
 def load_calibration(path: str | os.PathLike, graph: Graph, preprocess: str | None = None) -> dict[str, np.ndarray]:
-    """Input name -> samples along axis 0, from an ``.npz``, a folder of ``.npy``/``.npz`` files (one sample
-    or a batch each) or a folder of images (see the module docstring for ``preprocess``).
+    """``load_samples`` for calibration: every input of ``graph`` must have values."""
+    return _with_every_input(load_samples(path, graph, preprocess), graph)
+
+
+def _with_every_input(data: dict[str, np.ndarray], graph: Graph) -> dict[str, np.ndarray]:
+    names = graph.feed_inputs()
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise NinoptError(f"the calibration data has no values for input(s) {', '.join(map(repr, missing))}; "
+                          f"the model's inputs are {', '.join(map(repr, names))}.")
+    return data
+
+
+def load_samples(path: str | os.PathLike, graph: Graph, preprocess: str | None = None,
+                 purpose: str = "calibration") -> dict[str, np.ndarray]:
+    """Input name -> samples along axis 0, from an ``.npz`` (its arrays as they are), a folder of
+    ``.npy``/``.npz`` files (one sample or a batch each, joined in file name order) or a folder of images
+    (see the module docstring for ``preprocess``). ``purpose`` (calibration, input) names the data in errors.
 
     A single ``.npy`` or image file is taken as a folder holding just it. Subfolders are not searched.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES)
+        files = _folder_files(path)
     elif path.is_file():
         files = [path]
     else:
-        raise NinoptError(f"calibration data {path} does not exist.")
+        raise NinoptError(f"{purpose} data {path} does not exist.")
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise NinoptError(f"{path} holds no calibration files (.npz, .npy or {', '.join(sorted(IMAGE_SUFFIXES))}; "
+        raise NinoptError(f"{path} holds no {purpose} files (.npz, .npy or {', '.join(sorted(IMAGE_SUFFIXES))}; "
                           f"subfolders are not searched).")
     if images and len(images) != len(files):
         raise NinoptError(f"{path} mixes images and arrays; put each kind in its own folder.")
@@ -65,34 +107,42 @@ def load_calibration(path: str | os.PathLike, graph: Graph, preprocess: str | No
         return _load_images(images, graph, preprocess)
     if preprocess is not None:
         raise NinoptError(f"--preprocess applies to images, but {path} holds arrays.")
+    if path.is_file() and path.suffix.lower() != ".npy":
+        return _read_arrays(path, graph.feed_inputs())
     return _load_arrays(files, graph)
+
+
+def holds_images(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an image or a folder holding images: what ``--preprocess`` is for."""
+    path = Path(path)
+    files = _folder_files(path) if path.is_dir() else [path]
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES)
 
 
 # ----- arrays
 
 def _load_arrays(files: list[Path], graph: Graph) -> dict[str, np.ndarray]:
     """Every file's arrays, each made samples-first (a sample gains a leading axis), joined per input."""
-    names = graph.feed_inputs()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    parts: dict[str, list[np.ndarray]] = {}
     for file in files:
-        for name, value in _read_arrays(file, names).items():
-            if name in parts:
-                parts[name].append(_samples_first(value, name, graph, file))
-    missing = [name for name, values in parts.items() if not values]
-    if missing:
-        raise NinoptError(f"the calibration data has no values for input(s) {', '.join(map(repr, missing))}; "
-                          f"the model's inputs are {', '.join(map(repr, names))}.")
+        for name, value in _read_arrays(file, graph.feed_inputs()).items():
+            parts.setdefault(name, []).append(_samples_first(value, name, graph, file))
     result = {}
     for name, values in parts.items():
         shapes = {v.shape[1:] for v in values}
         if len(shapes) > 1:
-            raise NinoptError(f"the calibration samples of input {name!r} differ in shape "
+            raise NinoptError(f"the samples of input {name!r} differ in shape "
                               f"({', '.join('x'.join(map(str, s)) for s in sorted(shapes))}).")
         result[name] = np.concatenate(values)
     return result
 
 
 def _read_arrays(file: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The arrays of one file by input name (a ``.npy`` is the one input's); a name the model lacks is refused."""
     try:
         data = np.load(file, allow_pickle=False)
         if isinstance(data, np.ndarray):
@@ -101,9 +151,14 @@ def _read_arrays(file: Path, names: list[str]) -> dict[str, np.ndarray]:
                                   f"({', '.join(map(repr, names))}); use .npz files keyed by input name.")
             return {names[0]: data}
         with data:
-            return {key: data[key] for key in data.files}
+            arrays = {key: data[key] for key in data.files}
     except (ValueError, OSError, EOFError) as exc:
         raise NinoptError(f"{file} is not a readable {file.suffix} file ({exc}).") from None
+    unknown = [key for key in arrays if key not in names]
+    if unknown:
+        raise NinoptError(f"{file} holds {', '.join(map(repr, unknown))}, which the model does not take; "
+                          f"its inputs are {', '.join(map(repr, names))}.")
+    return arrays
 
 
 def _samples_first(value: np.ndarray, name: str, graph: Graph, file: Path) -> np.ndarray:

@@ -63,16 +63,18 @@ def _error(message: str) -> None:
     print(f"ninopt: error: {message}", file=sys.stderr)
 
 
-def _load_inputs(path: str | None):
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise NinoptError(f"inputs file {path} does not exist.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise NinoptError(f"{path} is not a readable .npz file ({exc}).") from None
+def _preprocess_for(spec: str | None, *sources: str | None) -> list[str | None]:
+    """The one ``--preprocess`` handed to each data source (``--calibration``, ``--inputs``): every image
+    folder gets it; when none is one, the first source given (else the last) gets it, to refuse it."""
+    from optimizer.calibration_data import holds_images
+
+    if spec is None:
+        return [None] * len(sources)
+    images = [source is not None and holds_images(source) for source in sources]
+    if any(images):
+        return [spec if image else None for image in images]
+    target = next((i for i, source in enumerate(sources) if source is not None), len(sources) - 1)
+    return [spec if i == target else None for i in range(len(sources))]
 
 
 def cmd_optimize(args) -> int:
@@ -83,15 +85,17 @@ def cmd_optimize(args) -> int:
                                                                 and not args.passes else None))
     if args.target == "onnxruntime" and "fuse-conv-activation" not in passes:
         passes.append("fuse-conv-activation")
+    calibration = args.calibration if args.bottleneck else None
+    calibration_spec, inputs_spec = _preprocess_for(args.preprocess, calibration, args.inputs)
     bottleneck = None
     if args.bottleneck:
         if args.max_error <= 0:
             raise NinoptError("--max-error must be positive.")
-        bottleneck = api.BottleneckOptions(args.max_error, args.calibration, args.relu_bottleneck, args.preprocess,
+        bottleneck = api.BottleneckOptions(args.max_error, calibration, args.relu_bottleneck, calibration_spec,
                                            metric=args.metric, cost=args.cost)
     with _working(args, f"optimizing {source.name}"):
-        result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=_load_inputs(args.inputs),
-                              shapes=dict(args.shape) or None, tolerance=args.tolerance,
+        result = api.optimize(source, passes=passes, verify=not args.no_verify, inputs=args.inputs,
+                              preprocess=inputs_spec, shapes=dict(args.shape) or None, tolerance=args.tolerance,
                               verify_each_pass=args.verify_each_pass, bottleneck=bottleneck, oracle=args.oracle)
         external = {"auto": None, "yes": True, "no": False}[args.external_data]
         result.save(target, external_data=external)
@@ -125,6 +129,8 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
                   f"{a.macs:,}{_partial(a.unknown_macs_nodes)}, params {b.params:,} -> {a.params:,}")
     if result.shapes is not None and result.shapes.chosen_axes:
         console.print(f"input shapes: {_shapes_clause(result.shapes.shapes, result.shapes.chosen_axes)}")
+    if result.bottleneck_cost is not None:
+        console.print(_bottleneck_cost_line(result))
     if result.verification is not None:
         worst = max(result.verification.outputs, key=lambda o: o.error or 0.0, default=None)
         oracles = result.oracle.used if result.oracle is not None else ["executor"]
@@ -135,6 +141,18 @@ def _print_optimize(result: api.OptimizeResult, target: Path) -> None:
     else:
         console.print("not verified (--no-verify)")
     console.print(f"wrote {target}")
+
+
+def _bottleneck_cost_line(result: api.OptimizeResult) -> str:
+    """What bottleneck insertion priced by and, for onnxruntime latency, the model's latency it measured."""
+    if result.bottleneck_cost == "macs":
+        return "bottlenecks priced by MACs"
+    timed = next((d for stats in result.pipeline.passes for d in stats.decisions
+                  if getattr(d, "seconds_after", None) is not None), None)
+    if timed is None:
+        return "bottlenecks priced by onnxruntime latency (no layer factored)"
+    return (f"bottlenecks priced by onnxruntime latency (one thread): {timed.seconds_before * 1e3:.3g} ms before, "
+            f"{timed.seconds_predicted * 1e3:.3g} ms predicted, {timed.seconds_after * 1e3:.3g} ms measured after")
 
 
 def cmd_analyze(args) -> int:
@@ -253,13 +271,15 @@ def _write_rows(path: Path, header, rows) -> None:
 
 
 def cmd_run(args) -> int:
+    from optimizer.calibration_data import resolve_inputs
     from optimizer.executor import Executor
     from optimizer.inputs import prepare_feeds
     from optimizer.verification import json_number
 
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
-    feeds, _ = prepare_feeds(graph, _load_inputs(args.inputs), dict(args.shape) or None, args.seed)
+    inputs = resolve_inputs(args.inputs, graph, args.preprocess)
+    feeds, _ = prepare_feeds(graph, inputs, dict(args.shape) or None, args.seed)
     if args.profile:
         return _print_profile(args, graph, feeds)
     with _working(args, f"running {Path(args.model).name}"):
@@ -332,7 +352,7 @@ def cmd_verify(args) -> int:
             else:
                 per_output[kind][name] = value
     with _working(args, "running both models"):
-        report = api.verify(args.reference, args.candidate, inputs=_load_inputs(args.inputs),
+        report = api.verify(args.reference, args.candidate, inputs=args.inputs, preprocess=args.preprocess,
                             shapes=dict(args.shape) or None, seed=args.seed, tolerance=args.tolerance,
                             atol=defaults["atol"],
                             rtol=defaults["rtol"], per_output_atol=per_output["atol"],

@@ -22,9 +22,11 @@ EXAMPLES = {
     "zoo": "example: ninopt zoo --builtin light --jobs 2 --html zoo.html --save zoo.json",
     "verify": "example: ninopt verify fixtures/inception_module.onnx out.onnx --atol 1e-5 --atol prob:1e-3",
 }
-PREPROCESS_HELP = ("with --calibration FOLDER of images: how a pixel becomes an input value, e.g. "
-                   "'size=640x640,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW,channels=RGB' "
-                   "(every key optional; defaults from the model's input)")
+PREPROCESS_HELP = ("with --calibration or --inputs FOLDER of images (each one that is): how a pixel becomes an input "
+                   "value, e.g. 'size=640x640,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW,"
+                   "channels=RGB' (every key optional; defaults from the model's input)")
+INPUTS_HELP = ("the inputs to {use}: a .npz keyed by input name, or a folder of .npy/.npz files or of images "
+               "(png, jpg, bmp, tif; see --preprocess) (default: seeded random inputs)")
 
 METRIC_HELP = ("with --bottleneck: what --max-error is read in at the model outputs, against the original: max-rel "
                "(max|d|/max|y|), rms (||d||/||y||), cosine (1 - cos over the flattened samples) or top1 (fraction "
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--passes", help="comma-separated pass names instead of the default pipeline")
     choice.add_argument("--pipeline", metavar="NAME", help="a named pipeline (default: default; `ninopt passes` lists them)")
     p.add_argument("--no-verify", action="store_true", help="skip verification against the input")
-    p.add_argument("--inputs", help="a .npz of inputs to verify with (default: seeded random inputs)")
+    p.add_argument("--inputs", metavar="PATH", help=INPUTS_HELP.format(use="verify with"))
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224",
                    help="pin the dims of an input (repeatable)")
     p.add_argument("--target", choices=("generic", "onnxruntime"), default="generic",
@@ -113,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", metavar="SPEC", help=PREPROCESS_HELP)
     p.add_argument("--relu-bottleneck", action="store_true",
                    help="with --bottleneck: put a ReLU after every inserted 1x1 even where not exact")
-    p.add_argument("--cost", choices=BOTTLENECK_COSTS, default="macs",
-                   help="with --bottleneck: keep a factorization where it saves MACs (the default) or onnxruntime "
-                        "latency, timed layer by layer (MACs when onnxruntime is not installed)")
+    p.add_argument("--cost", choices=BOTTLENECK_COSTS,
+                   help="with --bottleneck: keep a factorization where it saves onnxruntime latency, timed layer by "
+                        "layer, or MACs (default: onnxruntime when installed, else macs; macs gives decisions that "
+                        "do not depend on the machine's load)")
     p.add_argument("--verify-each-pass", action="store_true",
                    help="check every rewrite; roll back (and report) any that breaks the numbers")
     p.add_argument("--tolerance", type=float, default=EXACT_TOLERANCE,
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run a model on the reference executor", epilog=EXAMPLES["run"])
     p.add_argument("model")
-    p.add_argument("--inputs", help="a .npz of inputs keyed by input name (default: seeded random inputs)")
+    p.add_argument("--inputs", metavar="PATH", help=INPUTS_HELP.format(use="run on"))
+    p.add_argument("--preprocess", metavar="SPEC", help=PREPROCESS_HELP)
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
     p.add_argument("-o", "--output", help="write the outputs to this .npz, keyed by output name")
@@ -166,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="compare two models on the same inputs", epilog=EXAMPLES["verify"])
     p.add_argument("reference", help="the reference model (usually the original)")
     p.add_argument("candidate", help="the model to check against it")
-    p.add_argument("--inputs", help="a .npz of inputs (default: seeded random inputs that respect dtypes)")
+    p.add_argument("--inputs", metavar="PATH", help=INPUTS_HELP.format(use="compare on"))
+    p.add_argument("--preprocess", metavar="SPEC", help=PREPROCESS_HELP)
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME:1x3x224x224")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=EXACT_TOLERANCE,

@@ -249,6 +249,86 @@ def test_images_without_pillow_name_the_extra(tmp_path: Path, monkeypatch, capsy
     assert 'pip install "ninopt[images]"' in _one_sentence(capsys.readouterr().err)
 
 
+# ---------------------------------------------------------------------- --inputs: the same reader
+
+def _run_cli(tmp_path: Path, model: Path, *extra: str) -> dict[str, np.ndarray]:
+    """``ninopt run MODEL ... -o y.npz``'s outputs."""
+    assert cli.main(["run", str(model), "-o", str(tmp_path / "y.npz"), "-q", *extra]) == 0
+    with np.load(tmp_path / "y.npz") as outputs:
+        return dict(outputs)
+
+
+def test_run_on_an_image_folder_is_the_executor_on_the_preprocessed_pixels(tmp_path: Path) -> None:
+    model = _conv_model(tmp_path / "m.onnx", shape=(1, 3, 2, 2))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _image(folder / "a.png", PIXELS)
+    got = _run_cli(tmp_path, model, "--inputs", str(folder), "--preprocess", IMAGENET)
+    x = _by_hand(PIXELS).transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+    np.testing.assert_allclose(got["y"], optimizer.run(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_run_on_a_folder_of_npy_samples_batches_them(tmp_path: Path) -> None:
+    model = _conv_model(tmp_path / "m.onnx", shape=("N", 3, 4, 4))
+    samples = RNG.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    for i, sample in enumerate(samples):
+        np.save(tmp_path / f"{i}.npy", sample)
+    got = _run_cli(tmp_path, model, "--inputs", str(tmp_path))
+    assert got["y"].shape == (3, 8, 4, 4)
+    np.testing.assert_array_equal(got["y"], optimizer.run(model, {"x": samples})["y"])
+
+
+def test_optimize_and_verify_check_on_held_apart_images(tmp_path: Path, capsys) -> None:
+    """Calibrated on one image folder, verified on another: the one --preprocess reads both."""
+    model = _conv_model(tmp_path / "m.onnx")
+    calibration, verification = tmp_path / "calibration", tmp_path / "verification"
+    for folder, seed in ((calibration, 1), (verification, 2)):
+        folder.mkdir()
+        _image(folder / "a.png", np.random.default_rng(seed).integers(0, 256, (8, 8, 3)))
+    out = tmp_path / "out.onnx"
+    assert cli.main(["optimize", str(model), "-o", str(out), "--bottleneck", "--cost", "macs", "--json",
+                     "--calibration", str(calibration), "--inputs", str(verification), "--preprocess", IMAGENET]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verification"]["passed"] and report["verification"]["seed"] is None  # not random inputs
+    assert report["budget"] == pytest.approx(2e-2)  # held apart: twice the default --max-error
+    assert cli.main(["verify", str(model), str(out), "--inputs", str(verification), "--preprocess", IMAGENET,
+                     "--tolerance", "2e-2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] is None
+    assert cli.main(["optimize", str(model), "-o", str(out), "--bottleneck", "--cost", "macs", "--json",
+                     "--calibration", str(calibration), "--inputs", str(calibration), "--preprocess", IMAGENET]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == pytest.approx(1e-2)  # verified on what calibrated
+
+
+def test_preprocess_goes_to_whichever_source_holds_images(tmp_path: Path, capsys) -> None:
+    model = _conv_model(tmp_path / "m.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    _image(images / "a.png", PIXELS)
+    arrays = tmp_path / "x.npz"
+    np.savez(arrays, x=RNG.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    base = ["optimize", str(model), "-o", str(tmp_path / "out.onnx"), "--bottleneck", "--cost", "macs", "-q",
+            "--max-error", "1e-7"]  # factors nothing: flat calibration pixels say little about random inputs
+    assert cli.main(base + ["--calibration", str(images), "--inputs", str(arrays), "--preprocess", "scale=1/255"]) == 0
+    assert cli.main(base + ["--calibration", str(arrays), "--inputs", str(images), "--preprocess", "scale=1/255"]) == 0
+    assert cli.main(["run", str(model), "--inputs", str(arrays), "--preprocess", "scale=1"]) == 2
+    assert "applies to images" in _one_sentence(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda d: [_image(d / f"{i}.png", PIXELS) for i in range(2)], "fixed batch of 1"),
+    (lambda d: np.savez(d / "x.npz", x=np.zeros((1, 3, 8, 8), np.float32), z=np.zeros(3)), "'z', which the model"),
+    (lambda d: None, "holds no input files"),
+])
+def test_bad_inputs_folder_is_one_sentence(build, words, tmp_path: Path, capsys) -> None:
+    model = _conv_model(tmp_path / "m.onnx")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    build(folder)
+    source = folder / "x.npz" if (folder / "x.npz").exists() else folder
+    assert cli.main(["run", str(model), "--inputs", str(source)]) == 2
+    assert words in _one_sentence(capsys.readouterr().err)
+
+
 # ---------------------------------------------------------------------- a trained model on real documents
 
 def test_pp_ocr_det_calibrated_on_document_pages(capsys) -> None:

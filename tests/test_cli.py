@@ -120,8 +120,9 @@ def test_unknown_pass_is_named(tmp_path: Path) -> None:
 def test_bottleneck_insertion_from_the_cli(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out.onnx"
     assert main(["optimize", str(FIXTURES / "seed_bottleneck.onnx"), "-o", str(out), "--bottleneck",
-                 "--max-error", "1e-4", "--json"]) == 0
+                 "--max-error", "1e-4", "--cost", "macs", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["bottleneck_cost"] == "macs"
     assert report["before"]["macs"] >= 9 * report["after"]["macs"]
     assert report["budget"] == pytest.approx(2e-4)
     model = onnx.load(str(out))
@@ -131,6 +132,20 @@ def test_bottleneck_insertion_from_the_cli(tmp_path: Path, capsys) -> None:
     feeds = {model.graph.input[0].name: np.random.default_rng(7).standard_normal((1, 192, 28, 28)).astype(np.float32)}
     expected, actual = _ort(FIXTURES / "seed_bottleneck.onnx", feeds)[0], _ort(out, feeds)[0]
     assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_bottleneck_insertion_is_priced_by_onnxruntime_by_default(tmp_path: Path, capsys) -> None:
+    """No --cost: the run says it timed layers in onnxruntime, the kept layer carries the measured latency,
+    and the written model verifies against the input (the figures themselves depend on the machine's load)."""
+    source, out = FIXTURES / "seed_bottleneck.onnx", tmp_path / "out.onnx"
+    assert main(["optimize", str(source), "-o", str(out), "--bottleneck", "--max-error", "1e-4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bottleneck_cost"] == "onnxruntime" and report["verification"]["passed"]
+    decisions = [d for p in report["pipeline"]["passes"] for d in p["decisions"] if d["kind"] == "bottleneck"]
+    assert decisions and all(d["seconds_before"] > 0 and d["seconds_after"] > 0 for d in decisions)
+    assert main(["verify", str(source), str(out), "--tolerance", "2e-4", "-q"]) == 0
+    assert main(["optimize", str(source), "-o", str(out), "--bottleneck", "--max-error", "1e-4"]) == 0
+    assert "bottlenecks priced by onnxruntime latency" in capsys.readouterr().out
 
 
 def test_analyze_bottlenecks_ranks_the_seed_layer(tmp_path: Path, capsys) -> None:
