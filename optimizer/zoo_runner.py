@@ -61,7 +61,8 @@ def run_model(path: str, passes: list[str] | str | None = None, bottleneck_max_e
 def _optimize_and_verify(path, passes, bottleneck_max_error, tolerance, row, bottleneck_metric="max-rel") -> None:
     """Same pipeline, judge and budget as ``ninopt optimize``; a failed check becomes a "fail" row."""
     original = api.load(path)
-    bottleneck = api.BottleneckOptions(bottleneck_max_error, metric=bottleneck_metric) \
+    # priced in MACs: a regression run compares against a baseline, and timed decisions follow the machine's load
+    bottleneck = api.BottleneckOptions(bottleneck_max_error, metric=bottleneck_metric, cost="macs") \
         if bottleneck_max_error is not None else None
     result = api.optimize(original, passes=passes, tolerance=tolerance, bottleneck=bottleneck, raise_on_failure=False)
     row["before"], row["after"] = result.before.to_dict(), result.after.to_dict()

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from optimizer.bottleneck import insert_bottlenecks
-from optimizer.bottleneck.latency import cost_model
+from optimizer.bottleneck.latency import cost_in_use, cost_model
 from optimizer.decisions import BottleneckDecision
 from optimizer.inputs import prepare_feeds
 from optimizer.pipeline import GraphPass, register_pass
@@ -35,9 +35,9 @@ class InsertBottleneck(GraphPass):
     seed: int = 0
     samples: int = 8
     metric: str = "max-rel"
-    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer
-    #: (``optimizer.bottleneck.latency``; MACs when onnxruntime is not importable)
-    cost: str = "macs"
+    #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer; None: the
+    #: default, onnxruntime when importable, else MACs (``optimizer.bottleneck.latency.cost_in_use``)
+    cost: str | None = None
 
     def __init__(self, max_error: float | None = None, calibration: Mapping[str, np.ndarray] | None = None,
                  relu_bottleneck: bool | None = None, seed: int | None = None, samples: int | None = None,
@@ -52,7 +52,8 @@ class InsertBottleneck(GraphPass):
     def run(self, g, ctx) -> bool:
         if self._left == (id(g), g.version):
             return False
-        cost = None if self.cost == "macs" else cost_model(self.cost)
+        # None: the engine counts MACs itself
+        cost = cost_model(self.cost) if cost_in_use(self.cost) == "onnxruntime" else None
         before = g.copy() if cost is not None else None
         result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
                                     relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples,

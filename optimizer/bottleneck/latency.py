@@ -22,8 +22,10 @@ Both cost models share one interface, so the engine needs no branch:
 Times are the fastest of repeated runs, not the median: on a shared machine the slower runs
 measure the neighbours (medians of one model moved by 2x between runs here; minima by ~10%).
 
-``cost_model("onnxruntime" | "macs" | None)`` builds one; None (the default) and "onnxruntime"
-fall back to ``MacCost`` when onnxruntime is not importable, and ``note`` says so.
+``cost_in_use(name)`` is the one place that settles which cost a run prices by: None (the default
+everywhere: ``--cost``, ``BottleneckOptions``, the pass) means onnxruntime when it is importable,
+else MACs, and onnxruntime asked for but not importable is MACs too. ``cost_model(name)`` builds
+that model; a ``MacCost`` that replaces onnxruntime says so in its ``note``.
 """
 
 from __future__ import annotations
@@ -51,15 +53,20 @@ MAX_COPIES = 64
 COSTS = ("macs", "onnxruntime")
 
 
-def cost_model(name: str | None = None, **options) -> MacCost | LatencyCost:
-    """The cost model called ``name`` (None: onnxruntime when importable, else MACs)."""
+def cost_in_use(name: str | None = None) -> str:
+    """The cost a run prices by: ``name`` checked; None and "onnxruntime" mean onnxruntime latency when
+    onnxruntime is importable, else MACs (timing makes decisions depend on the machine's load: pin "macs"
+    where they must be reproducible)."""
     if name is not None and name not in COSTS:
         raise NinoptError(f"unknown cost {name!r}; choose from {', '.join(COSTS)}.")
-    if name == "macs":
-        return MacCost()
-    if not onnxruntime_available():
-        return MacCost(note="onnxruntime is not importable, so savings are counted in MACs")
-    return LatencyCost(**options)
+    return "onnxruntime" if name != "macs" and onnxruntime_available() else "macs"
+
+
+def cost_model(name: str | None = None, **options) -> MacCost | LatencyCost:
+    """The cost model ``cost_in_use(name)`` names."""
+    if cost_in_use(name) == "onnxruntime":
+        return LatencyCost(**options)
+    return MacCost(note="" if name == "macs" else "onnxruntime is not importable, so savings are counted in MACs")
 
 
 def single_layer(graph: Graph, node: Node, x_shape: tuple[int, ...], context: bool = False) -> Graph:
@@ -159,7 +166,12 @@ class _Cost:
         report = {"cost": self.name, "unit": self.unit, "note": self.note, "predicted_saving": saved}
         measured = self.models_seconds([before, after], feeds)
         if measured is not None:
-            report.update(seconds_before=measured[0], seconds_predicted=measured[0] - saved, seconds_after=measured[1])
+            # a layer timed alone carries a session's fixed cost and its timing context, so the kept
+            # layers can add up to more than the whole model: they cannot save more than all of it
+            timed_alone = sum(self.layers[n][0] for n in names)
+            share = min(1.0, measured[0] / timed_alone) if timed_alone > 0 else 1.0
+            report.update(seconds_before=measured[0], seconds_predicted=measured[0] - saved * share,
+                          seconds_after=measured[1])
         return report
 
 
