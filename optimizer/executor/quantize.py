@@ -1,7 +1,9 @@
 """Quantization: QuantizeLinear / DequantizeLinear, DynamicQuantizeLinear and the integer conv/matmul family.
 
-Integer products run as exact integers held in float64 (BLAS speed, exact below 2**53, far beyond
-any int8/uint8 layer) and wrap to int32 like the 32-bit accumulator the spec allows.
+Integer products run as exact integers held in floats for BLAS speed: float32 when a bound on the weights
+proves every partial sum stays within 2**24 (see ``CenteredWeights``; trained layers are far inside it),
+else float64 (exact below 2**53, far beyond any int8/uint8 layer); they wrap to int32 like the 32-bit
+accumulator the spec allows. Weights centered on their zero point are kept per executor (``ctx.derived``).
 Requantization follows onnxruntime: the int32 accumulator as float32 times the float32 multiplier
 ``x_scale * w_scale / y_scale``, rounded half to even, plus the output zero point, saturated.
 Low-precision formats numpy lacks (int4, uint4, int2, uint2, float8, float4) are ml_dtypes arrays,
@@ -9,6 +11,8 @@ as ``numpy_helper.to_array`` hands them over.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
@@ -143,19 +147,86 @@ def _dynamic_quantize_linear(ctx, x):
 
 # ---------------------------------------------------------------------- integer conv and matmul
 def _wrap_int32(exact: np.ndarray) -> np.ndarray:
-    """Exact integer results (in float64) as int32, wrapping like a 32-bit accumulator."""
+    """Exact integer results as int32, wrapping like a 32-bit accumulator (float32 ones are within 2**24,
+    so they cast directly)."""
+    if exact.dtype == np.float32:
+        return exact.astype(np.int32)
     return exact.astype(np.int64).astype(np.int32)
 
 
-def _centered(values: np.ndarray, zero_point: np.ndarray | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """``values - zero_point`` as exact float64; ``shape`` makes a 1-D zero point broadcast along an axis."""
-    centered = values.astype(np.float64)
+#: float32 holds every integer up to 2**24 in magnitude exactly (float64: up to 2**53)
+FLOAT32_EXACT_INTEGERS = 2 ** 24
+
+
+def _span(dtype: np.dtype) -> int | None:
+    """The largest |value - zero point| an integer type allows for values and zero points of that type;
+    None for float formats, whose products are not integers."""
+    bounds = _integer_range(np.dtype(dtype))
+    return None if bounds is None else bounds[1] - bounds[0]
+
+
+def _joint_type(values: np.ndarray, zero_point: np.ndarray | None) -> np.dtype:
+    """The type that holds both values and their zero point (one type, as the spec has it, unless a model breaks it)."""
+    if zero_point is None or zero_point.dtype == values.dtype:
+        return values.dtype
+    return np.result_type(values.dtype, zero_point.dtype)
+
+
+def _centered(values: np.ndarray, zero_point: np.ndarray | None, shape: tuple[int, ...] | None = None,
+              dtype=np.float64) -> np.ndarray:
+    """``values - zero_point`` as ``dtype`` floats (exact for integers: float64 always, float32 while they span
+    at most 2**24); ``shape`` makes a 1-D zero point broadcast along an axis."""
+    centered = values.astype(dtype)
     if zero_point is not None:
-        zp = zero_point.astype(np.float64)
+        zp = zero_point.astype(dtype)
         if shape is not None and zp.ndim == 1 and zp.size > 1:
             zp = zp.reshape(shape)
         centered -= zp
     return centered
+
+
+@dataclass(frozen=True)
+class CenteredWeights:
+    """Weights minus their zero point as exact floats, and ``reach``: the largest sum of |w - zero point|
+    over the weights that meet in one output. Any partial sum of one output, in whatever order BLAS adds,
+    is then at most (activation span) x reach, which decides whether float32 computes it exactly."""
+
+    values: np.ndarray
+    zero_point: np.ndarray | None
+    reach: float
+
+    def product_dtype(self, activation_dtype, bias_bound: float = 0.0) -> np.dtype:
+        """float32 when products with activations of ``activation_dtype`` (centered by any zero point of
+        their type), plus a bias of magnitude at most ``bias_bound``, stay exact integers in it; else float64."""
+        span = _span(activation_dtype)
+        if span is not None and span * self.reach + bias_bound <= FLOAT32_EXACT_INTEGERS:
+            return np.dtype(np.float32)
+        return np.dtype(np.float64)
+
+    def as_dtype(self, dtype) -> np.ndarray:
+        return self.values.astype(dtype, copy=False)
+
+
+def centered_weights(ctx, key: str, w: np.ndarray, zero_point: np.ndarray | None, summed_axes: tuple[int, ...],
+                     activation_dtype, zero_point_shape: tuple[int, ...] | None = None) -> CenteredWeights:
+    """``w - zero_point`` held in the float type its products with ``activation_dtype`` activations need,
+    computed once per executor when ``w`` is a weight (``ctx.derived``); ``summed_axes`` are those a product
+    sums over. The cache is keyed on ``w`` alone, so a zero point that differs from the one cached (one fed
+    at run time) centers afresh."""
+
+    def center(weights: np.ndarray) -> CenteredWeights:
+        span = _span(_joint_type(weights, zero_point))  # float32 holds differences of integers up to 2**24
+        exact = _centered(weights, zero_point, zero_point_shape,
+                          np.float32 if span is not None and span <= FLOAT32_EXACT_INTEGERS else np.float64)
+        reach = float(np.abs(exact).sum(axis=summed_axes, dtype=np.float64).max(initial=0))
+        made = CenteredWeights(exact, None if zero_point is None else np.array(zero_point), reach)
+        dtype = made.product_dtype(activation_dtype)
+        return made if dtype == exact.dtype else CenteredWeights(exact.astype(dtype), made.zero_point, reach)
+
+    made = ctx.derived(key, w, center)
+    same_zero_point = (zero_point is None if made.zero_point is None
+                       else zero_point is not None and np.array_equal(made.zero_point, zero_point))
+    return made if same_zero_point else center(w)
 
 
 def _integer_conv(ctx, x, x_zero_point, w, w_zero_point, bias=None) -> np.ndarray:
@@ -165,15 +236,22 @@ def _integer_conv(ctx, x, x_zero_point, w, w_zero_point, bias=None) -> np.ndarra
         raise ValueError(f"{ctx.node.op_type} needs an input of rank 3 or more, not shape {x.shape}")
     if x_zero_point is not None and x_zero_point.size != 1:
         raise ValueError(f"x_zero_point must be a scalar, not shape {x_zero_point.shape}")
-    centered_w = _centered(w, w_zero_point, (-1,) + (1,) * (w.ndim - 1))
-    bias = None if bias is None else bias.astype(np.float64)
-    return conv(ctx, _centered(x, x_zero_point), centered_w, bias)
+    activation_type = _joint_type(x, x_zero_point)
+    weights = centered_weights(ctx, "w", w, w_zero_point, tuple(range(1, w.ndim)), activation_type,
+                               (-1,) + (1,) * (w.ndim - 1))
+    bias_bound = 0.0 if bias is None else float(np.abs(bias.astype(np.float64)).max(initial=0))
+    dtype = weights.product_dtype(activation_type, bias_bound)
+    bias = None if bias is None else bias.astype(dtype)
+    return conv(ctx, _centered(x, x_zero_point, dtype=dtype), weights.as_dtype(dtype), bias)
 
 
 def _integer_matmul(ctx, a, a_zero_point, b, b_zero_point) -> np.ndarray:
     """matmul of zero-point-centered A (zero point per row) and B (per column)."""
     ctx.guard(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:], np.float64)
-    return np.matmul(_centered(a, a_zero_point, (-1, 1)), _centered(b, b_zero_point))
+    activation_type = _joint_type(a, a_zero_point)
+    weights = centered_weights(ctx, "b", b, b_zero_point, (-min(b.ndim, 2),), activation_type)  # a 1-D b: one column
+    dtype = weights.product_dtype(activation_type)
+    return np.matmul(_centered(a, a_zero_point, (-1, 1), dtype), weights.as_dtype(dtype))
 
 
 def _requantize(ctx, accumulator: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:

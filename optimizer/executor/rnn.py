@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from optimizer.executor.elementwise import elu, hard_sigmoid, leaky_relu, relu, sigmoid, softplus
+from optimizer.executor.quantize import centered_weights
 from optimizer.executor.registry import kernel
 
 # name -> (fn(x, alpha, beta), default alpha, default beta); None: the activation takes no such parameter.
@@ -131,6 +132,7 @@ class _Recurrence:
         y_h = np.zeros((self.num_directions, batch, hidden), self.dtype)
         y_c = np.zeros_like(y_h) if c0 is not None else None
         empty = (self.lens == 0)[:, None]
+        first_end = int(self.lens.min(initial=0)) - 1  # the step the shortest sequence ends on
         for d in range(self.num_directions):
             reverse = d == 1 or self.direction == "reverse"
             order = _reversed_time(self.lens, self.seq_len) if reverse else None
@@ -142,12 +144,15 @@ class _Recurrence:
             last_h = np.zeros((batch, hidden), self.dtype)
             for t in range(self.steps):
                 h_new, c_new = step(gates_x[t], h, c)
-                active = (t < self.lens)[:, None]
-                # finished sequences feed zeros to the next step's matmul, as onnxruntime's output rows do
-                h = np.where(active, h_new, self.dtype.type(0))
-                if c is not None:
-                    c = np.where(active, c_new, c)
-                last_h = np.where((t == self.lens - 1)[:, None], h, last_h)
+                if t < first_end:  # every sequence runs on past this step: nothing to mask or record
+                    h, c = h_new, c_new
+                else:
+                    active = (t < self.lens)[:, None]
+                    # finished sequences feed zeros to the next step's matmul, as onnxruntime's output rows do
+                    h = np.where(active, h_new, self.dtype.type(0))
+                    if c is not None:
+                        c = np.where(active, c_new, c)
+                    last_h = np.where((t == self.lens - 1)[:, None], h, last_h)
                 if wants_y:
                     y[t, d] = h
             if wants_y and order is not None:
@@ -176,17 +181,19 @@ def _lstm_step(recur: Callable[[np.ndarray], np.ndarray], peepholes: np.ndarray 
     f, g, h = activations
 
     def step(gates_x, h_prev, c_prev):
-        i_in, o_in, f_in, c_in = np.split(gates_x + recur(h_prev), 4, axis=1)
-        if peepholes is not None:
-            p_i, p_o, p_f = peepholes
-            i_in = i_in + p_i * c_prev
-            f_in = f_in + p_f * c_prev
-        i = f(clip(i_in))
-        forget = 1 - i if input_forget else f(clip(f_in))
+        gates = gates_x + recur(h_prev)
+        hidden = gates.shape[1] // 4
+        if peepholes is None:  # i, o and f lie side by side and take the same activation: one call for all three
+            io_f = f(clip(gates[:, :3 * hidden]))
+            i, o, forget = io_f[:, :hidden], io_f[:, hidden:2 * hidden], io_f[:, 2 * hidden:]
+            c_new = (1 - i if input_forget else forget) * c_prev + i * g(clip(gates[:, 3 * hidden:]))
+            return o * h(c_new), c_new
+        i_in, o_in, f_in, c_in = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        p_i, p_o, p_f = peepholes
+        i = f(clip(i_in + p_i * c_prev))
+        forget = 1 - i if input_forget else f(clip(f_in + p_f * c_prev))
         c_new = forget * c_prev + i * g(clip(c_in))
-        if peepholes is not None:
-            o_in = o_in + p_o * c_new
-        return f(clip(o_in)) * h(c_new), c_new
+        return f(clip(o_in + p_o * c_new)) * h(c_new), c_new
 
     return step
 
@@ -272,19 +279,30 @@ def _rnn(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None):
 
 
 # ---------------------------------------------------------------------- com.microsoft DynamicQuantizeLSTM
-def dynamic_quantized_matmul(a: np.ndarray, b: np.ndarray, b_scale: np.ndarray, b_zero_point: np.ndarray) -> np.ndarray:
+def dynamic_quantized_matmul(a: np.ndarray, centered_b: np.ndarray, b_scale: np.ndarray) -> np.ndarray:
     """a @ dequantized b the way onnxruntime's quantized RNN gemm computes it: a quantized to uint8 with one
     scale and zero point over the whole matrix (range widened to include 0, zero point rounded half to even),
-    an exact integer product against b (int8 / uint8, shape (K, N)) and its first zero point, then scaled by
-    a_scale * b_scale (per tensor or per column). Arithmetic is in a's type: float32 is onnxruntime's."""
+    an exact integer product against b (int8 / uint8, shape (K, N), minus its first zero point), then scaled
+    by a_scale * b_scale (per tensor or per column). Arithmetic is in a's type: float32 is onnxruntime's."""
     t = a.dtype.type
     lo, hi = a.min(initial=0), a.max(initial=0)
     scale = t(1) if hi == lo else (hi - lo) / t(255)
     zero_point = np.rint(np.clip(-lo / scale, 0, 255))
-    a_q = np.clip(np.rint(a / scale) + zero_point, 0, 255)
-    # float64 holds every int32 accumulation exactly (|sum| < 2**53), and BLAS makes it fast
-    acc = (a_q.astype(np.float64) - zero_point) @ (b.astype(np.float64) - float(b_zero_point.reshape(-1)[0]))
-    return acc.astype(a.dtype) * (scale * b_scale.astype(a.dtype))
+    centered_a = np.divide(a, scale)  # then rounded, shifted, saturated and centered in place
+    np.rint(centered_a, out=centered_a)
+    centered_a += zero_point
+    np.clip(centered_a, 0, 255, out=centered_a)
+    centered_a -= zero_point
+    # exact: centered_b comes in the float type its products with uint8 activations need (CenteredWeights)
+    acc = centered_a.astype(centered_b.dtype, copy=False) @ centered_b
+    return acc.astype(a.dtype, copy=False) * (scale * b_scale.astype(a.dtype))
+
+
+def _quantized_weights(ctx, key: str, w: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """W or R, (num_directions, K, 4*hidden), each direction minus its first zero point (the only one
+    onnxruntime's quantized gemm reads), as exact floats: computed once per executor for weights."""
+    first = zero_point.reshape(w.shape[0], -1)[:, :1, None]
+    return centered_weights(ctx, key, w, first, (1,), np.uint8).values
 
 
 @kernel("DynamicQuantizeLSTM", domain="com.microsoft", check=_check_activations)
@@ -295,11 +313,12 @@ def _dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=N
     hidden = int(ctx.attr("hidden_size", r.shape[1]))
     num_directions = w.shape[0]
     w_scale, r_scale = (s.reshape(num_directions, -1) for s in (w_scale, r_scale))
-    w_zero_point, r_zero_point = (z.reshape(num_directions, -1) for z in (w_zero_point, r_zero_point))
+    w_centered = _quantized_weights(ctx, "W", w, w_zero_point)
+    r_centered = _quantized_weights(ctx, "R", r, r_zero_point)
 
     def project_w(d, xs):
         flat = xs.reshape(-1, xs.shape[-1])
-        return dynamic_quantized_matmul(flat, w[d], w_scale[d], w_zero_point[d]).reshape(xs.shape[:2] + (-1,))
+        return dynamic_quantized_matmul(flat, w_centered[d], w_scale[d]).reshape(xs.shape[:2] + (-1,))
 
     return _lstm(ctx, x, sequence_lens, initial_h, initial_c, p, b, hidden, project_w,
-                 lambda d, h: dynamic_quantized_matmul(h, r[d], r_scale[d], r_zero_point[d]))
+                 lambda d, h: dynamic_quantized_matmul(h, r_centered[d], r_scale[d]))

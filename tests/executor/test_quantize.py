@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from optimizer import onnx_io
 from optimizer.executor import Executor, KernelError, conformance
+from optimizer.executor.quantize import centered_weights
 from support import assert_matches_onnxruntime, one_node_model as make_model, run_ort, run_ours
 
 SETTINGS = dict(max_examples=50, derandomize=True, deadline=None, database=None,
@@ -342,3 +343,96 @@ def test_float8_qlinear_matmul_requantizes_and_saturates():
              "b_scale": np.float32(1), "b_zero_point": zero, "y_scale": np.float32(0.5), "y_zero_point": zero}
     y = run_ours(make_model("QLinearMatMul", {"a": a}, initializers=inits, opset=21), {"a": a})[0]
     assert y.dtype == e4m3 and y.astype(np.float32).tolist() == [[4, 8], [12, 448]]
+
+
+# ---------------------------------------------------------------------- weights kept per executor, exact float32
+class NoCache:
+    """A kernel context that remembers nothing: every call centers the weights afresh."""
+
+    def derived(self, key, source, make):
+        return make(source)
+
+
+def run_twice(model, feeds) -> list[np.ndarray]:
+    """Two runs of one executor (the second reads what the first kept): they must agree; the second's outputs."""
+    executor = Executor(onnx_io.load(model))
+    first, second = executor.run(feeds), executor.run(feeds)
+    for name in first:
+        assert first[name].dtype == second[name].dtype
+        np.testing.assert_array_equal(first[name], second[name])
+    return [second[name] for name in executor.graph.outputs]
+
+
+def assert_weights_fed_or_kept_agree(op, feeds, weights, **attrs):
+    """The op gives bit-identical outputs whether its weights are initializers (centered once, kept) or fed."""
+    kept = run_twice(make_model(op, feeds, initializers=weights, opset=10, **attrs), feeds)
+    everything = feeds | weights
+    fed = run_twice(make_model(op, everything, opset=10, **attrs), everything)
+    for k, f in zip(kept, fed):
+        assert k.dtype == f.dtype
+        np.testing.assert_array_equal(k, f)
+
+
+@settings(**SETTINGS)
+@given(integer_matmul_configs(), st.sampled_from(["none", "scalar", "per-column"]))
+def test_matmul_integer_weights_kept_or_fed_agree(config, zero_points):
+    a, b, rng = config
+    weights = {"b": b}
+    if zero_points != "none":
+        weights |= {"a_zero_point": activations(rng, a.dtype, b.dtype, ()),
+                    "b_zero_point": integers(rng, b.dtype, () if zero_points == "scalar" else (b.shape[-1],))}
+    assert_weights_fed_or_kept_agree("MatMulInteger", {"a": a}, weights)
+
+
+@settings(**SETTINGS)
+@given(integer_conv_configs(), st.booleans())
+def test_conv_integer_weights_kept_or_fed_agree(config, per_channel):
+    x, w, attrs, rng = config
+    m = w.shape[0]
+    weights = {"w": w, "x_zero_point": activations(rng, x.dtype, w.dtype, ()),
+               "w_zero_point": integers(rng, w.dtype, (m,) if per_channel else ())}
+    assert_weights_fed_or_kept_agree("ConvInteger", {"x": x}, weights, **attrs)
+
+
+def test_weight_zero_point_fed_at_run_time_is_applied_on_every_run():
+    """Kept weights are centered on the zero point they first met; a fed one that changes centers afresh."""
+    rng = np.random.default_rng(3)
+    a, b = integers(rng, np.uint8, (3, 6)), integers(rng, np.uint8, (6, 4))
+    model = make_model("MatMulInteger", {"a": a, "b_zero_point": np.uint8(0)}, initializers={"b": b}, opset=10,
+                       input_names=["a", "b", "", "b_zero_point"])
+    executor = Executor(onnx_io.load(model))
+    for zero_point in (0, 200, 0):
+        feeds = {"a": a, "b_zero_point": np.uint8(zero_point)}
+        want = a.astype(np.int32) @ (b.astype(np.int32) - zero_point)
+        np.testing.assert_array_equal(executor.run(feeds)["y0"], want)
+
+
+@pytest.mark.parametrize("last, product_dtype", [(3, np.float32), (5, np.float64)])
+def test_integer_product_runs_in_float32_only_while_exact(last, product_dtype):
+    """uint8 activations centered by any zero point span 255, so float32 is exact while 255 x the largest
+    column sum of |b - zero point| is at most 2**24. Weights 258 x 255 + 3 reach 65793 (255 x 65793 =
+    2**24 - 1: float32, just inside); + 5 reach 65795, whose product 2**24 + 509 is odd, which float32
+    cannot hold: float64."""
+    a = np.full((2, 259), 255, np.uint8)
+    a[1, -1] = 0
+    b = np.array([255] * 258 + [last], np.uint8).reshape(-1, 1)
+    weights = centered_weights(NoCache(), "b", b, np.uint8(0), (-2,), np.uint8)
+    assert weights.reach == 258 * 255 + last and weights.values.dtype == product_dtype
+    model = make_model("MatMulInteger", {"a": a}, initializers={"b": b, "b_zero_point": np.uint8(0)}, opset=10,
+                       input_names=["a", "b", "", "b_zero_point"])
+    got = run_ours(model, {"a": a})[0]
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    assert_same(model, {"a": a})
+
+
+def test_qlinear_conv_bias_counts_in_the_float32_bound():
+    """An int32 bias of 2**31 - 2 plus one product of 1 is the largest int32: exact, it saturates y high; a
+    float32 sum would round it to 2**31, which wraps to the smallest int32 and saturates y low."""
+    x = np.ones((1, 1, 1, 1), np.uint8)
+    one = np.float32(1)
+    inits = {"x_scale": one, "x_zero_point": np.uint8(0), "w": np.ones((1, 1, 1, 1), np.uint8), "w_scale": one,
+             "w_zero_point": np.uint8(0), "y_scale": one, "y_zero_point": np.uint8(0),
+             "B": np.array([2**31 - 2], np.int32)}
+    model = make_model("QLinearConv", {"x": x}, initializers=inits, opset=10)
+    assert run_ours(model, {"x": x})[0].ravel().tolist() == [255]
+    assert_same(model, {"x": x})

@@ -211,12 +211,10 @@ def test_output_larger_than_the_limit_is_refused_before_allocating():
 
 
 # ---------------------------------------------------------------------- com.microsoft DynamicQuantizeLSTM
-@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@pytest.mark.parametrize("weight_type, per_column", [(np.int8, False), (np.int8, True), (np.uint8, False),
-                                                     (np.uint8, True)])
-def test_dynamic_quantize_lstm_agrees_with_onnxruntime(direction, weight_type, per_column):
-    """int8 weights stay within [-64, 64]: with wider ones onnxruntime's AVX2 u8 x s8 kernel (vpmaddubsw)
-    saturates pairs of products at int16, while this executor computes the exact integer product."""
+def dynamic_quantize_lstm_case(direction, weight_type, per_column):
+    """(feeds, initializers, input names, hidden size) of a DynamicQuantizeLSTM with sequence lengths 6, 3, 0
+    and peepholes. int8 weights stay within [-64, 64]: with wider ones onnxruntime's AVX2 u8 x s8 kernel
+    (vpmaddubsw) saturates pairs of products at int16, while this executor computes the exact integer product."""
     rng = np.random.default_rng(5)
     seq, batch, input_size, hidden = 6, 3, 8, 5
     num_directions = 2 if direction == "bidirectional" else 1
@@ -237,7 +235,14 @@ def test_dynamic_quantize_lstm_agrees_with_onnxruntime(direction, weight_type, p
              "P": rng.standard_normal((num_directions, 3 * hidden)).astype(np.float32),
              "w_scale": w_scale, "w_zero_point": zero_point, "r_scale": w_scale * 0.7, "r_zero_point": zero_point}
     names = ["x", "W", "R", "B", "sequence_lens", "h0", "c0", "P", "w_scale", "w_zero_point", "r_scale", "r_zero_point"]
-    feeds = {"x": x, **states}
+    return {"x": x, **states}, inits, names, hidden
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("weight_type, per_column", [(np.int8, False), (np.int8, True), (np.uint8, False),
+                                                     (np.uint8, True)])
+def test_dynamic_quantize_lstm_agrees_with_onnxruntime(direction, weight_type, per_column):
+    feeds, inits, names, hidden = dynamic_quantize_lstm_case(direction, weight_type, per_column)
     model = recurrent_model("DynamicQuantizeLSTM", feeds, inits, names, [True] * 3, 14, domain="com.microsoft",
                             hidden_size=hidden, direction=direction)
     got, want = run_ours(model, feeds), run_ort(model, feeds)
@@ -249,3 +254,46 @@ def test_dynamic_quantize_lstm_agrees_with_onnxruntime(direction, weight_type, p
     for name, w_ in zip(graph.outputs, want):
         assert truth[name].dtype == np.float64
         np.testing.assert_allclose(truth[name], w_, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
+def test_dynamic_quantize_lstm_weights_kept_or_fed_agree(direction, weight_type):
+    """Initializer weights are centered once per executor and kept; fed ones every run: bit-identical outputs,
+    run after run."""
+    feeds, inits, names, hidden = dynamic_quantize_lstm_case(direction, weight_type, per_column=True)
+    everything = feeds | inits
+    outputs = []
+    for model_feeds, model_inits in ((feeds, inits), (everything, {})):
+        model = recurrent_model("DynamicQuantizeLSTM", model_feeds, model_inits, names, [True] * 3, 14,
+                                domain="com.microsoft", hidden_size=hidden, direction=direction)
+        executor = Executor(onnx_io.load(model))
+        outputs += [executor.run(model_feeds), executor.run(model_feeds)]
+    for other in outputs[1:]:
+        for name, value in outputs[0].items():
+            assert other[name].dtype == value.dtype
+            np.testing.assert_array_equal(other[name], value)
+
+
+@pytest.mark.parametrize("last", [3, 5])
+def test_dynamic_quantize_lstm_recurrent_product_is_exact_at_the_float32_bound(last):
+    """The recurrent product of a hidden state quantized to 0..255 (scale 1) and uint8 weights 258 x 255 +
+    ``last``: 2**24 - 1 with 3 (the largest float32 still proves exact), 2**24 + 509 with 5, which float32
+    cannot hold. With identity activations, x = 0 and the o gate's bias 1, Y_h is that forget-gate
+    product; the verifier's float64 run shows it to the last unit."""
+    hidden = 260
+    r = np.zeros((1, hidden, 4 * hidden), np.uint8)
+    r[0, :, 2 * hidden] = [255] * 258 + [last, 0]
+    h0 = np.array([255] * 259 + [0], np.float32).reshape(1, 1, hidden)
+    bias = np.zeros((1, 8 * hidden), np.float32)
+    bias[0, hidden:2 * hidden] = 1
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.uint8)
+    feeds = {"x": np.zeros((1, 1, 1), np.float32), "h0": h0, "c0": np.ones_like(h0)}
+    inits = {"W": np.zeros((1, 1, 4 * hidden), np.uint8), "R": r, "B": bias, "w_scale": one, "w_zero_point": zero,
+             "r_scale": one, "r_zero_point": zero}
+    names = ["x", "W", "R", "B", "", "h0", "c0", "", "w_scale", "w_zero_point", "r_scale", "r_zero_point"]
+    model = recurrent_model("DynamicQuantizeLSTM", feeds, inits, names, [False, True, False], 14,
+                            domain="com.microsoft", hidden_size=hidden, activations=["Affine"] * 3,
+                            activation_alpha=[1.0] * 3, activation_beta=[0.0] * 3)
+    y_h = Executor(onnx_io.load(model), compute_dtype=np.float64).run(feeds)["y1"]
+    assert y_h[0, 0, 0] == 255 * (258 * 255 + last) and not y_h[0, 0, 1:].any()
