@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from optimizer.decisions import Decision
 from optimizer.errors import InvariantError
+from optimizer.executor import blas_limit
 from optimizer.ir import Graph, paused_gc
 from optimizer.pattern import Match, OpPattern, match
 from optimizer.rewrite import ContractError, Refuse, Replacement, apply_replacement
@@ -221,7 +222,8 @@ class PassManager:
         self.checker = checker
 
     def run(self, g: Graph) -> PipelineReport:
-        with paused_gc():
+        # passes compute node by node (constant folds, bottleneck walks): BLAS's thread count is set once
+        with paused_gc(), blas_limit:
             return self._run(g)
 
     def _run(self, g: Graph) -> PipelineReport:

@@ -9,6 +9,7 @@ model.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,12 @@ def default_max_tensor_bytes() -> int:
     or kill the process."""
     if _max_tensor_bytes is not None:
         return _max_tensor_bytes
+    return _half_physical_memory()
+
+
+@functools.cache
+def _half_physical_memory() -> int:
+    """Read once: ``run_node`` asks for every node a bottleneck walk or a constant fold computes."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
@@ -191,7 +198,7 @@ class Executor:
         """Graph outputs (or the ``outputs`` planned for) by name for the given inputs."""
         env = self._scope()
         env.update(self._check_feeds(feeds))
-        with blas_limit():
+        with blas_limit:
             self._execute(env, self._steps)
         return {name: _owned(env[name]) for name in self.graph.outputs}
 
@@ -208,7 +215,7 @@ class Executor:
         env = self._scope()
         env.update(self._check_feeds(feeds))
         timings: list[tuple[Node, float, list]] = []
-        with blas_limit():
+        with blas_limit:
             self._execute(env, self._steps, timings)
         return {name: _owned(env[name]) for name in self.graph.outputs}, timings
 
@@ -391,7 +398,7 @@ def run_node(node: Node, inputs: Sequence[np.ndarray | None], opset: int, *,
     if reason:
         raise UnsupportedOpError([UnsupportedOp(node.op_type, node.domain, opset, _label(node), reason)])
     limit = _Limit(default_max_tensor_bytes() if max_tensor_bytes is None else int(max_tensor_bytes))
-    with np.errstate(all="ignore"), blas_limit():  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
+    with np.errstate(all="ignore"), blas_limit:  # overflow to inf, 0/0 -> nan: ONNX semantics, not errors
         try:
             result = spec.fn(NodeContext(node, opset, limit), *inputs)
         except NinoptError:

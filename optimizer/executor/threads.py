@@ -12,16 +12,10 @@ verification verdict reproduces everywhere. threadpoolctl finds whichever BLAS n
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 from optimizer.errors import NinoptError
 
 _blas_threads: int | None = 1
-_lock = threading.Lock()
-_depth = 0  # runs in progress (nested, or in several Python threads): the limit is process-wide
-_limiter = None  # threadpoolctl's handle while the limit is in force
-_controller = None  # built on first use: finding the loaded BLAS libraries takes a few milliseconds
 
 
 def set_blas_threads(count: int | None) -> None:
@@ -32,27 +26,44 @@ def set_blas_threads(count: int | None) -> None:
     _blas_threads = count
 
 
-@contextmanager
-def blas_limit() -> Iterator[None]:
-    """Hold BLAS at the executor's thread count while the block runs; restore it when the last run ends."""
-    global _depth, _limiter, _controller
-    count = _blas_threads
-    if count is None:
-        yield
-        return
-    with _lock:
-        if _depth == 0:
-            if _controller is None:
+class _BlasLimit:
+    """``with blas_limit:`` holds BLAS at the executor's thread count while the block runs and restores
+    each library's own count when the last block in flight (nested, or in other Python threads) ends.
+
+    Entering costs a few microseconds (threadpoolctl's ``limit()`` context, which re-reads every
+    library's state, took 26 µs): ``run_node`` enters it for every node a bottleneck walk computes,
+    hundreds of thousands of times on a detector. Such a walk holds it around the whole loop, so
+    each node's entry is a nested one that changes nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libraries: list | None = None  # found on first use: numpy has loaded its BLAS by then
+        self._restore: list[tuple[object, int]] = []
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._depth += 1
+            count = _blas_threads
+            if self._depth > 1 or count is None:
+                return
+            if self._libraries is None:
                 from threadpoolctl import ThreadpoolController
 
-                _controller = ThreadpoolController()
-            _limiter = _controller.limit(limits=count, user_api="blas")
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+                self._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+            self._restore = [(library, own) for library in self._libraries
+                             if (own := library.get_num_threads()) != count]
+            for library, _ in self._restore:
+                library.set_num_threads(count)
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for library, count in self._restore:
+                    library.set_num_threads(count)
+                self._restore = []
+
+
+#: the one limit every run and ``run_node`` call enters
+blas_limit = _BlasLimit()
