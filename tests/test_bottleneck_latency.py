@@ -72,6 +72,21 @@ def test_a_repeated_signature_is_timed_once():
     assert cost.timings == 4
 
 
+def test_weights_without_declared_shapes_are_priced_by_their_values():
+    """A Conv whose weights were a folded Constant has no shape in the tensor table (PP-OCR's do): the
+    timing context and the signature read the weights, so two such layers of other widths differ."""
+    graph, node = conv_layer(16, 16, 3)
+    wide, wide_node = conv_layer(16, 24, 3)
+    for g in (graph, wide):
+        g.tensor("w").shape = None
+    cost = LatencyCost()
+    assert cost.layer_cost(graph, node, (1, 16, 8, 8)) > 0
+    cost.layer_cost(wide, wide_node, (1, 16, 8, 8))
+    assert cost.timings == 2
+    tiny = single_layer(wide, wide_node, (1, 16, 8, 8), context=True)
+    assert run(tiny, {"x": np.ones((1, 16, 8, 8), np.float32)})["y"].shape == (1, 24, 8, 8)
+
+
 def test_mac_cost_counts_the_layer_and_its_factors():
     graph, node = conv_layer(16, 16, 3)
     cost = MacCost()

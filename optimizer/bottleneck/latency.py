@@ -89,7 +89,7 @@ def single_layer(graph: Graph, node: Node, x_shape: tuple[int, ...], context: bo
         _depthwise(tiny, "x", x, x_shape[1])
     tiny.add_node(node.op_type, [x] + weights, [y], dict(node.attrs), name=node.name or "layer", domain=node.domain)
     if context:
-        _depthwise(tiny, y, "y", graph.tensors[node.inputs[1]].shape[0])
+        _depthwise(tiny, y, "y", graph.const(node.inputs[1]).shape[0])
     tiny.tensor("y").elem_type = onnx.TensorProto.FLOAT
     tiny.outputs.append("y")
     return tiny
@@ -117,8 +117,9 @@ def _attrs_key(attrs: dict | None) -> tuple:
 
 
 def layer_signature(graph: Graph, node: Node, x_shape) -> tuple:
-    """What the layer's cost depends on: op, attributes, weight shapes and input shape."""
-    weights = tuple(tuple(graph.tensors[t].shape or ()) if t else None for t in node.inputs[1:])
+    """What the layer's cost depends on: op, attributes, weight shapes and input shape (read from the
+    weights themselves: a folded Constant's tensor may carry no declared shape)."""
+    weights = tuple(graph.const(t).shape if t else None for t in node.inputs[1:])
     return ("layer", node.op_type, node.domain, _attrs_key(node.attrs), weights, tuple(x_shape))
 
 
