@@ -18,6 +18,21 @@ from optimizer import api
 from optimizer.cli_args import build_parser
 from optimizer.errors import NinoptError
 
+@contextlib.contextmanager
+def _blas_threads(count: int | None):
+    """``--blas-threads`` for this command only (the executor's default is back afterwards)."""
+    if count is None:
+        yield
+        return
+    from optimizer.executor.threads import DEFAULT_BLAS_THREADS, set_blas_threads
+
+    set_blas_threads(count)
+    try:
+        yield
+    finally:
+        set_blas_threads(DEFAULT_BLAS_THREADS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -26,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             from optimizer.executor import set_max_tensor_bytes
 
             set_max_tensor_bytes(args.max_tensor_bytes)
-        return COMMANDS[args.command](args) or 0
+        with _blas_threads(getattr(args, "blas_threads", None)):
+            return COMMANDS[args.command](args) or 0
     except NinoptError as exc:
         _error(str(exc))
         return exc.exit_code

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--max-tensor-bytes", type=_size_arg, metavar="SIZE",
                         help="refuse, before allocating, any tensor larger than SIZE (e.g. 2G, 512M; "
                              "default: half the machine's memory)")
+    common.add_argument("--blas-threads", type=int, metavar="N",
+                        help="threads BLAS may use while the executor runs (default 1: steady on a busy "
+                             "machine, and the same sums on every machine)")
 
     p = sub.add_parser("optimize", parents=[common], help="rewrite a model and verify the result", epilog=EXAMPLES["optimize"])
     p.add_argument("model", help="input .onnx file (never modified)")

@@ -213,6 +213,19 @@ def test_tensor_size_limit_from_the_flag_and_the_library(tmp_path: Path) -> None
     assert optimizer.run(model, feeds)["output"].shape == (1, 256, 28, 28)
 
 
+def test_blas_threads_flag_holds_for_the_command_only(monkeypatch, tmp_path: Path) -> None:
+    from optimizer.executor import threads
+
+    calls = []
+    monkeypatch.setattr(threads, "set_blas_threads", lambda count: calls.append(count))
+    model = FIXTURES / "inception_module.onnx"
+    assert main(["run", str(model), "--blas-threads", "2", "-o", str(tmp_path / "y.npz"), "-q"]) == 0
+    assert calls == [2, threads.DEFAULT_BLAS_THREADS] and (tmp_path / "y.npz").exists()
+    monkeypatch.undo()
+    result = _run("run", str(model), "--blas-threads", "0")
+    assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_run_shows_nan_outputs_instead_of_crashing(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 

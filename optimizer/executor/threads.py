@@ -15,7 +15,8 @@ import threading
 
 from optimizer.errors import NinoptError
 
-_blas_threads: int | None = 1
+DEFAULT_BLAS_THREADS = 1
+_blas_threads: int | None = DEFAULT_BLAS_THREADS
 
 
 def set_blas_threads(count: int | None) -> None:
