@@ -166,7 +166,13 @@ def _fused_conv(ctx, x, w, b=None, z=None):
 
 @kernel("ConvTranspose")
 def _conv_transpose(ctx, x, w, b=None):
-    """Matmul to columns, then scatter-add each kernel tap into the strided output (col2im)."""
+    """One matmul to columns (every kernel tap of every input pixel), then col2im: each tap's
+    columns go to the output positions a Conv with this geometry would read for that tap.
+
+    Where the strides cover the dilated kernel on every axis (stride == kernel, as detectors
+    upsample) no two taps meet and each tap is copied into place; otherwise the taps are summed
+    phase by phase (the output positions that share a remainder modulo the stride).
+    """
     _check_float(ctx, x, w, b)
     group = int(ctx.attr("group", 1))
     n, c = x.shape[:2]
@@ -195,19 +201,72 @@ def _conv_transpose(ctx, x, w, b=None):
         begin = pads[:nd]
         out = [f - pb - pe for f, pb, pe in zip(full, pads[:nd], pads[nd:])]
     ctx.guard((n, m) + tuple(out), x.dtype)
-    w = w.astype(x.dtype, copy=False)
     cg = c // group
-    taps = list(itertools.product(*(range(k) for k in kernel_shape)))
-    weights = np.ascontiguousarray(w.reshape(group, cg, mg * len(taps)).transpose(0, 2, 1))
-    cols = np.matmul(weights, x.reshape(n, group, cg, -1)).reshape((n, group, mg, len(taps)) + spatial)
+    taps = math.prod(kernel_shape)
+    weights = ctx.derived("conv_transpose_weights", w, lambda weight: np.ascontiguousarray(
+        weight.astype(x.dtype, copy=False).reshape(group, cg, mg * taps).transpose(0, 2, 1)))
+    cols = np.matmul(weights, x.reshape(n, group, cg, -1)).reshape((n, group, mg) + kernel_shape + spatial)
     size = [max(f, b_ + o) for f, b_, o in zip(full, begin, out)]
-    ctx.guard((n, m) + tuple(size), x.dtype, "scatter buffer")
-    y = np.zeros((n, group, mg) + tuple(size), dtype=x.dtype)
-    for t, tap in enumerate(taps):
-        dst = tuple(slice(k * d, k * d + s * (i - 1) + 1, s) for k, d, s, i in zip(tap, dilations, strides, spatial))
-        y[(slice(None),) * 3 + dst] += cols[:, :, :, t]
-    y = y.reshape((n, m) + tuple(size))[(slice(None), slice(None)) + tuple(slice(b_, b_ + o) for b_, o in zip(begin, out))]
-    y = np.ascontiguousarray(y)
+    crop = (slice(None), slice(None)) + tuple(slice(b_, b_ + o) for b_, o in zip(begin, out))
+    # the input pixels are the outputs of the Conv this op transposes: its window, read backwards
+    win = Window(kernel_shape, strides, dilations, (0,) * nd, (0,) * nd, spatial)
+    if all(s >= e for s, e in zip(strides, extent)):
+        y = _interleave_taps(ctx, cols, b, win, size)
+        return np.ascontiguousarray(y[crop]) if any(begin) or y.shape[2:] != tuple(out) else y
+    y = _add_taps_by_phase(ctx, cols, win, size)
+    y = np.ascontiguousarray(y.reshape((n, m) + tuple(size))[crop])
     if b is not None:
         y += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * nd)
+    return y
+
+
+def _interleave_taps(ctx, cols: np.ndarray, b: np.ndarray | None, win: Window, size) -> np.ndarray:
+    """col2im where no two taps meet (every stride at least the dilated kernel), uncropped.
+
+    Each tap's columns are copied into their strided place, one call per tap: no zeroed buffer
+    to add into (only positions no tap reaches, between dilated taps, past the kernel within a
+    stride or in output_padding, are zeroed), and a strided copy runs about twice as fast as a
+    strided add. (One transposed copy of all taps, its innermost axis the kernel's, ran 3x
+    slower.) The bias follows in one contiguous pass. The matmul's sums are never -0.0 (they
+    accumulate from +0.0), so ``v + b`` has the same bits as the scatter's ``(0 + v) + b``.
+    """
+    n, group, mg = cols.shape[:3]
+    tiled = tuple(i * s for i, s in zip(win.out, win.strides))
+    shape = (n, group, mg) + tuple(max(t, z) for t, z in zip(tiled, size))
+    ctx.guard(shape, cols.dtype, "output before cropping")
+    gaps = shape[3:] != tiled or any(d != 1 or k != s for k, d, s in zip(win.kernel, win.dilations, win.strides))
+    y = np.zeros(shape, dtype=cols.dtype) if gaps else np.empty(shape, dtype=cols.dtype)
+    for tap in itertools.product(*(range(k) for k in win.kernel)):
+        np.copyto(y[(slice(None),) * 3 + win.tap_slices(tap)], cols[(slice(None),) * 3 + tap])
+    if b is not None:
+        y += b.astype(cols.dtype, copy=False).reshape((group, mg) + (1,) * len(win.out))
+    return y.reshape((n, group * mg) + shape[3:])
+
+
+def _add_taps_by_phase(ctx, cols: np.ndarray, win: Window, size) -> np.ndarray:
+    """col2im where taps meet, uncropped, without bias.
+
+    Output position ``p`` receives the taps whose offset ``k * dilation`` equals ``p`` modulo the
+    stride (its phase). Per phase, those taps are added into a dense buffer, each at a whole
+    offset (contiguous adds, not strided ones), then the buffer is copied into its strided
+    positions once. Every position still sums ``0 + v`` over its taps in row-major order, as
+    adding every tap into the strided output did; at stride 2 this col2im measured 1.2-2x faster.
+    """
+    n, group, mg = cols.shape[:3]
+    ctx.guard((n, group * mg) + tuple(size), cols.dtype, "scatter buffer")
+    phases = list(itertools.product(*(range(s) for s in win.strides)))
+    y = None if len(phases) == 1 else np.empty((n, group, mg) + tuple(size), dtype=cols.dtype)
+    for phase in phases:
+        positions = (slice(None),) * 3 + tuple(slice(r, None, s) for r, s in zip(phase, win.strides))
+        dense = np.zeros((n, group, mg) + tuple(len(range(r, z, s)) for r, z, s in zip(phase, size, win.strides)),
+                         dtype=cols.dtype)
+        in_phase = ([k for k in range(kernel) if k * d % s == r]
+                    for kernel, d, s, r in zip(win.kernel, win.dilations, win.strides, phase))
+        for tap in itertools.product(*in_phase):
+            offsets = (k * d // s for k, d, s in zip(tap, win.dilations, win.strides))
+            dense[(slice(None),) * 3 + tuple(slice(q, q + i) for q, i in zip(offsets, win.out))] += \
+                cols[(slice(None),) * 3 + tap]
+        if y is None:  # stride 1: one phase, the output itself
+            return dense
+        y[positions] = dense
     return y

@@ -1,4 +1,5 @@
-"""Pooling: a reduction over kernel taps of strided views (no loops over pixels or channels)."""
+"""Pooling: reductions over kernel taps of strided views (no loops over pixels or channels); MaxPool
+reduces one spatial axis at a time."""
 
 from __future__ import annotations
 
@@ -29,11 +30,57 @@ def _max_pool(ctx, x):
     xp = pad_for(x, win, lowest)
     if ctx.wants_output(1):
         return _max_pool_with_indices(ctx, x, xp, win, lowest)
-    y = None
-    for tap in _taps(win):
-        view = xp[(Ellipsis,) + win.tap_slices(tap)]
-        y = view.copy() if y is None else np.maximum(y, view, out=y)
+    if all(s == 1 for s in win.strides) and all(win.out):  # (no window fits: nothing to shift)
+        return _max_by_shifts(ctx, xp, win)
+    return _separable_max(xp, win)
+
+
+def _max_by_shifts(ctx, xp: np.ndarray, win: Window) -> np.ndarray:
+    """Stride 1 on every axis: each tap is the flattened padded input shifted by a whole number of
+    elements, so each max (one axis at a time, as in ``_separable_max``) runs over one long
+    contiguous run instead of one short output row at a time. Outputs are computed on the padded
+    grid, where positions near the end of a row mix in the next row, and cropped once at the end
+    (half the time of per-row maxima on YOLOv8n's 10x10 SPPF maps)."""
+    nd = len(win.out)
+    ctx.guard(xp.shape, xp.dtype, "maxima on the padded grid")
+    y = np.ascontiguousarray(xp).reshape(-1)
+    valid = y.size
+    for axis in range(nd):
+        step = win.dilations[axis] * math.prod(xp.shape[xp.ndim - nd + axis + 1:])
+        valid -= (win.kernel[axis] - 1) * step
+        reduced = np.empty(y.size, dtype=y.dtype)
+        _max_into(reduced[:valid], [y[k * step:k * step + valid] for k in range(win.kernel[axis])])
+        y = reduced
+    return np.ascontiguousarray(y.reshape(xp.shape)[(Ellipsis,) + tuple(slice(0, o) for o in win.out)])
+
+
+def _separable_max(xp: np.ndarray, win: Window) -> np.ndarray:
+    """The max over each window, one spatial axis at a time: a box's max is the max along one axis
+    of the maxima along the others, exactly, so a k x k window takes 2k passes instead of k x k.
+    The first axis goes first: its taps are whole rows, and the strided last axis is then
+    reduced on the smaller array (measured 1.9x faster than a reduction over all taps at 3x3
+    stride 2). Only which of two equal zeros, -0.0 or +0.0, a window keeps can differ from a
+    scan of its taps in row-major order.
+    """
+    y = xp
+    nd = len(win.out)
+    for axis in range(nd):
+        lead = (slice(None),) * (xp.ndim - nd + axis)
+        views = [y[lead + (win.tap_slices((0,) * axis + (k,) + (0,) * (nd - axis - 1))[axis],)]
+                 for k in range(win.kernel[axis])]
+        y = _max_into(np.empty(views[0].shape, dtype=xp.dtype), views)
     return y
+
+
+def _max_into(out: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
+    """``out`` = the elementwise max of ``views`` (a tie keeps the earlier view's value), one pass per view."""
+    if len(views) == 1:
+        np.copyto(out, views[0])
+    else:
+        np.maximum(views[0], views[1], out=out)
+    for view in views[2:]:
+        np.maximum(out, view, out=out)
+    return out
 
 
 def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):

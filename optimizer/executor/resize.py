@@ -59,6 +59,19 @@ def _nearest(coords: np.ndarray, mode: str, downsampling: bool) -> np.ndarray:
     return np.ceil(coords) if downsampling else np.trunc(coords)  # "simple": Resize-10 and Upsample
 
 
+@functools.lru_cache(maxsize=256)
+def _axis_plan(coord_mode, out_len, in_len, scale, roi, mode, nearest_mode, cubic_a, exclude_outside, antialias):
+    """(coords, indices, weights) of one axis, read-only. They depend on sizes and attributes alone, so
+    they are computed once, not every run: on small maps they cost more than the gather itself
+    (about 50 of PP-OCR det's 100 microseconds per x2 nearest Resize)."""
+    coords = _source_coords(coord_mode, out_len, in_len, f32(scale), roi)
+    plan = (coords,) + _axis_taps(coords, in_len, mode, nearest_mode, scale, cubic_a, exclude_outside, antialias)
+    for array in plan:
+        if array is not None:
+            array.flags.writeable = False
+    return plan
+
+
 def _axis_taps(coords, in_len, mode, nearest_mode, scale, cubic_a, exclude_outside, antialias):
     """(indices, weights) of shape (out, taps) for one axis."""
     if mode == "nearest":
@@ -153,13 +166,18 @@ def resize(ctx, x: np.ndarray, out_shape: list[int], scales: list[np.float32], *
     integer_axes = []  # antialiased integer data: filtered after the loop, last axis first
     outside = []  # tf_crop_and_resize: per axis, the outputs sampled outside the input
     y = x
-    for axis, (in_len, out_len, scale) in enumerate(zip(x.shape, out_shape, scales)):
+    axes = list(enumerate(zip(x.shape, out_shape, scales)))
+    if mode == "nearest":
+        # gathers commute, so the last axis goes first, while the tensor is smallest: along it each
+        # output is one element copied, along the others one whole row (1.7x faster at x2 in NCHW)
+        axes.reverse()
+    for axis, (in_len, out_len, scale) in axes:
         in_joint = joint and axis >= x.ndim - 2
         if in_len == out_len and scale == 1 and coord_mode != "tf_crop_and_resize" and not in_joint:
             continue
         axis_roi = (roi[axis], roi[axis + x.ndim]) if roi is not None else (0.0, 1.0)
-        coords = _source_coords(coord_mode, out_len, in_len, f32(scale), axis_roi)
-        idx, weights = _axis_taps(coords, in_len, mode, nearest_mode, scale, cubic_a, exclude_outside, antialias)
+        coords, idx, weights = _axis_plan(coord_mode, out_len, in_len, scale, axis_roi, mode, nearest_mode, cubic_a,
+                                          exclude_outside, antialias)
         shape = [1] * y.ndim
         shape[axis] = out_len
         if coord_mode == "tf_crop_and_resize":
