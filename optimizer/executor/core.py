@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -68,6 +69,8 @@ class _Step:
     has_subgraphs: bool = False
     widened_attrs: bool = False  # the kernel reads float types its node names, widened by the precision mode
     sources: list | None = None  # where each output's type comes from; worked out on first need
+    reuses_inputs: bool = False  # the kernel takes ``out=`` (KernelSpec.reuses_inputs)
+    donors: tuple[int, ...] = ()  # inputs read for the last time here, whose buffers it may write into
 
 
 class Executor:
@@ -135,8 +138,9 @@ class Executor:
             attrs = self.precision.kernel_attrs(node)
             ctx = NodeContext(node, opset, self._limits, subgraphs, attrs)
             steps.append(_Step(spec.fn, ctx, list(node.inputs), list(node.outputs), has_subgraphs=bool(subgraphs),
-                               widened_attrs=attrs is not None))
+                               widened_attrs=attrs is not None, reuses_inputs=spec.reuses_inputs))
         self._set_lifetimes(steps)
+        self._set_donors(steps)
         return steps
 
     def _plan_subgraphs(self, node: Node, problems: list[UnsupportedOp]) -> dict[str, Executor]:
@@ -162,6 +166,17 @@ class Executor:
         for name, i in last.items():
             if name not in keep:
                 steps[i].free.append(name)
+
+    def _set_donors(self, steps: list[_Step]) -> None:
+        """Offer a kernel that can write in place the inputs it reads last, once each, that some step of
+        this graph computed (not feeds, weights, Constant values or outer-scope names). Whether a buffer
+        is really free is decided per run (``_donation``): a view of it may still be alive."""
+        constants = {name for step in steps if _is_constant_node(step.ctx.node) for name in step.outputs}
+        for step in steps:
+            if step.reuses_inputs and not step.has_subgraphs:
+                step.donors = tuple(i for i, name in enumerate(step.inputs)
+                                    if name and name in step.free and name not in constants
+                                    and step.inputs.count(name) == 1)
 
     def _scope(self) -> dict[str, np.ndarray]:
         """A fresh scope holding the initializers and Constant nodes' values, as read-only views so no
@@ -236,7 +251,12 @@ class Executor:
                 elif precision.needs_widening(args):
                     args, stored = precision.kernel_inputs(args)
                 try:
-                    result = step.fn(ctx, *args)
+                    if step.donors:
+                        out = _donation(env, args, step)  # before the call packs args into a tuple: one more reference
+                        result = step.fn(ctx, *args, out=out)
+                        out = None
+                    else:
+                        result = step.fn(ctx, *args)
                 except NinoptError:
                     raise
                 except Exception as exc:  # a numpy error on this node's values: name the node
@@ -259,6 +279,7 @@ class Executor:
                 if timings is not None:
                     timings.append((step.ctx.node, time.perf_counter() - started,
                                     [np.shape(v) if name else None for name, v in zip(step.outputs, values)]))
+                result = values = value = args = None  # hold no outputs past their step: ``_donation`` counts references
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         graph = self.graph
@@ -350,6 +371,58 @@ class _Limit:
 
     def holds_constant(self, array: Any) -> bool:
         return False
+
+
+def _reference_count(env: dict[str, Any], args: list, name: str, index: int) -> int:
+    """References to ``args[index]`` as seen from here, or -1 when ``env`` does not hold it under ``name``.
+    Callers hold no reference of their own, so a count equal to ``_SOLE_REFERENCES`` means the scope and
+    the argument list are all there is."""
+    return sys.getrefcount(args[index]) if env.get(name) is args[index] else -1
+
+
+def _sole_references() -> int:
+    """What ``_reference_count`` counts for a buffer held by a scope and an argument list alone,
+    measured once on this interpreter rather than assumed."""
+    probe = np.empty(1)
+    env, args = {"probe": probe}, [probe]
+    del probe
+    return _reference_count(env, args, "probe", 0)
+
+
+def _base_reference_count(view: np.ndarray) -> int:
+    return sys.getrefcount(view.base)
+
+
+def _sole_base_references() -> int:
+    """What ``_base_reference_count`` counts for an array referred to by one view of it alone."""
+    view = np.empty(4).reshape(2, 2)
+    return _base_reference_count(view)
+
+
+_SOLE_REFERENCES = _sole_references()
+_SOLE_BASE_REFERENCES = _sole_base_references()
+
+
+def _donation(env: dict[str, Any], args: list, step: _Step) -> np.ndarray | None:
+    """The first donor input whose buffer nothing else can see: held by the scope and this step's
+    arguments only (no other view of it, no alias under another name, no caller holding it) and
+    writable; it owns its memory, or it is the one view of an array nothing else refers to (kernels
+    often return a reshaped product). It is C-contiguous, as a fresh result would be, so later ops see
+    the same layout and sum in the same order. The kernel writes its result there if shape and type fit."""
+    for index in step.donors:
+        if _reference_count(env, args, step.inputs[index], index) == _SOLE_REFERENCES:
+            value = args[index]
+            if type(value) is np.ndarray and value.flags.writeable and value.flags.c_contiguous \
+                    and (value.flags.owndata or _sole_view(value)):
+                return value
+    return None
+
+
+def _sole_view(value: np.ndarray) -> bool:
+    if _base_reference_count(value) != _SOLE_BASE_REFERENCES:  # counted before this frame refers to the base
+        return False
+    base = value.base
+    return type(base) is np.ndarray and base.flags.owndata
 
 
 def _is_constant_node(node: Node) -> bool:

@@ -41,8 +41,8 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- activations
-def relu(x):
-    return np.maximum(x, x.dtype.type(0))
+def relu(x, out=None):
+    return np.maximum(x, x.dtype.type(0), out=out)
 
 
 def leaky_relu(x, alpha=0.01):
@@ -64,9 +64,9 @@ def sigmoid(x):
     return np.divide(numerator, e, out=numerator)
 
 
-def hard_sigmoid(x, alpha=0.2, beta=0.5):
+def hard_sigmoid(x, alpha=0.2, beta=0.5, out=None):
     t = x.dtype.type
-    y = x * t(alpha)
+    y = np.multiply(x, t(alpha), out=out)
     y += t(beta)
     return clip(y, t(0), t(1), out=y)
 
@@ -106,9 +106,9 @@ ACTIVATIONS = {
 }
 
 
-@kernel("Relu")
-def _relu(ctx, x):
-    return relu(x)
+@kernel("Relu", reuses_inputs=True)
+def _relu(ctx, x, out=None):
+    return relu(x, out)
 
 
 @kernel("LeakyRelu")
@@ -121,9 +121,9 @@ def _sigmoid(ctx, x):
     return sigmoid(x)
 
 
-@kernel("HardSigmoid")
-def _hard_sigmoid(ctx, x):
-    return hard_sigmoid(x, ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5))
+@kernel("HardSigmoid", reuses_inputs=True)
+def _hard_sigmoid(ctx, x, out=None):
+    return hard_sigmoid(x, ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5), out)
 
 
 @kernel("HardSwish", since=14)
@@ -218,18 +218,19 @@ def _prelu_legacy(ctx, x, slope):
     return np.where(x < 0, x * slope, x).astype(x.dtype, copy=False)
 
 
-@kernel("Clip", until=10)
-def _clip_attrs(ctx, x):
+@kernel("Clip", until=10, reuses_inputs=True)
+def _clip_attrs(ctx, x, out=None):
     """Bounds are attributes before opset 11."""
     t = x.dtype.type
     lo, hi = ctx.attr("min"), ctx.attr("max")
-    return clip(x, None if lo is None else t(lo), None if hi is None else t(hi))
+    return clip(x, None if lo is None else t(lo), None if hi is None else t(hi), out=out)
 
 
-@kernel("Clip", since=11)
-def _clip_inputs(ctx, x, lo=None, hi=None):
-    """Bounds are optional scalar inputs from opset 11."""
-    return clip(x, lo, hi)
+@kernel("Clip", since=11, reuses_inputs=True)
+def _clip_inputs(ctx, x, lo=None, hi=None, out=None):
+    """Bounds are optional scalar inputs from opset 11 (``out`` is only ever x's own buffer: a bound's
+    shape never fits)."""
+    return clip(x, lo, hi, out=_fits(out, x, x))
 
 
 # ---------------------------------------------------------------------- unary math
@@ -297,16 +298,43 @@ def _legacy_broadcast(ctx, a, b):
     return a, b
 
 
+def _fits(out, a, b):
+    """``out`` (one of the inputs' buffers, or None) if it can hold ``a op b``: the type of both and
+    the shape they broadcast to, which is ``out``'s own when the other input broadcasts onto it; and
+    the other is C-contiguous too, so a fresh result would have had ``out``'s (C) layout as well."""
+    if out is None or out.dtype != a.dtype or out.dtype != b.dtype:
+        return None
+    other = b if out is a else a
+    if not other.flags.c_contiguous or other.ndim > out.ndim \
+            or any(o != 1 and o != d for o, d in zip(other.shape[::-1], out.shape[::-1])):
+        return None
+    return out
+
+
 def _register_binary(op_type, fn):
     @kernel(op_type, until=6)
     def legacy(ctx, a, b):
         return np.asarray(fn(*_legacy_broadcast(ctx, a, b)))
 
-    @kernel(op_type, since=7)
-    def modern(ctx, a, b):
-        return np.asarray(fn(a, b))
+    in_place = _IN_PLACE.get(op_type)
+    if in_place is None:
+        @kernel(op_type, since=7)
+        def modern(ctx, a, b):
+            return np.asarray(fn(a, b))
+        return
+    ufunc, kinds = in_place
+
+    @kernel(op_type, since=7, reuses_inputs=True)
+    def modern_in_place(ctx, a, b, out=None):
+        target = _fits(out, a, b)
+        if target is None or target.dtype.kind not in kinds:
+            return np.asarray(fn(a, b))
+        return ufunc(a, b, out=target)
 
 
+#: arithmetic that may write into a freed input's buffer: the ufunc and the dtype kinds it does that for
+#: (integer Div truncates, which np.divide does not)
+_IN_PLACE = {"Add": (np.add, "iuf"), "Sub": (np.subtract, "iuf"), "Mul": (np.multiply, "iuf"), "Div": (np.divide, "f")}
 for _op, _fn in _BINARY.items():
     _register_binary(_op, _fn)
 

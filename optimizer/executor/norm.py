@@ -23,9 +23,10 @@ def bn_is_training(node, opset: int) -> bool:
     return len(node.outputs) > 1 and any(node.outputs[1:])
 
 
-@kernel("BatchNormalization")
-def _batch_norm(ctx, x, scale, bias, mean, var):
-    """Inference folds to y = x * a + b (as onnxruntime does); training mode uses batch statistics.
+@kernel("BatchNormalization", reuses_inputs=True)
+def _batch_norm(ctx, x, scale, bias, mean, var, out=None):
+    """Inference folds to y = x * a + b (as onnxruntime does), into x's buffer when the executor frees
+    it here; training mode uses batch statistics.
 
     Outputs beyond Y changed across versions: before 14 they are (running mean, running
     variance, saved mean, saved variance); from 14, (running mean, running variance).
@@ -36,7 +37,7 @@ def _batch_norm(ctx, x, scale, bias, mean, var):
     if not bn_is_training(ctx.node, ctx.opset):
         a = (scale / np.sqrt(var + eps)).astype(x.dtype, copy=False)
         b = (bias - mean * a).astype(x.dtype, copy=False)
-        y = x * a.reshape(shape)
+        y = np.multiply(x, a.reshape(shape), out=out if out is x and x.ndim >= 2 else None)
         y += b.reshape(shape)
         return y
     axes = (0,) + tuple(range(2, x.ndim)) if scale.ndim == 1 else (0,)

@@ -29,6 +29,9 @@ class KernelSpec:
     until: int | None
     fn: Kernel
     check: Check | None = None
+    #: the kernel takes ``out=``: an input's buffer nobody else can see any more, which it may write
+    #: its result into when shape and type fit (the executor offers one; see ``Executor``)
+    reuses_inputs: bool = False
 
 
 _KERNELS: dict[tuple[str, str], list[KernelSpec]] = {}
@@ -36,8 +39,9 @@ ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def kernel(*op_types: str, since: int = 1, until: int | None = None, domain: str = "",
-           check: Check | None = None) -> Callable[[Kernel], Kernel]:
-    """Register ``fn`` for ``op_types`` at opsets ``since..until`` (inclusive; None = open)."""
+           check: Check | None = None, reuses_inputs: bool = False) -> Callable[[Kernel], Kernel]:
+    """Register ``fn`` for ``op_types`` at opsets ``since..until`` (inclusive; None = open);
+    ``reuses_inputs``: ``fn`` takes ``out=`` (see ``KernelSpec``)."""
     domain = "" if domain == "ai.onnx" else domain
 
     def register(fn: Kernel) -> Kernel:
@@ -46,7 +50,7 @@ def kernel(*op_types: str, since: int = 1, until: int | None = None, domain: str
             for other in specs:
                 if since <= (other.until or 10**9) and other.since <= (until or 10**9):
                     raise ValueError(f"kernels for {op_type} overlap at opsets {since}..{until}")
-            specs.append(KernelSpec(op_type, domain, since, until, fn, check))
+            specs.append(KernelSpec(op_type, domain, since, until, fn, check, reuses_inputs))
         return fn
 
     return register
