@@ -9,7 +9,7 @@ random inputs at the shapes ``ninopt run`` would choose. Each engine runs in its
 subprocess so that peak memory is measured per engine:
 
 * time: median wall time of ``--runs`` runs after one warm-up (onnx.reference: a single run);
-* peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that subprocess (whole process:
+* peak RSS: ``VmHWM`` of that subprocess (whole process:
   interpreter, libraries, model and weights included), and its growth during inference
   (peak after the runs minus peak just before the first run);
 * for ninopt also the tracemalloc peak of one run (numpy-side allocations only).
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,12 @@ ENGINES = ("ninopt", "onnxruntime", "reference")
 
 
 def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The process's peak RSS. Not ``ru_maxrss``: Linux carries that across exec, so the subprocess
+    would report the benchmark's own peak (it holds every model's random weights) for every engine."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _feed(path: str) -> dict[str, np.ndarray]:
@@ -164,7 +168,7 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
           f"BLAS threads for ninopt: {args.blas_threads}")
     with tempfile.TemporaryDirectory() as workdir:
-        print(f"{'model':<30}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
+        print(f"{'model':<32}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
               f"{'numpy peak MB':>15}  max|diff| vs ort")
         for path in _model_paths(args.models, workdir):
             name = Path(path).stem
@@ -172,7 +176,7 @@ def main() -> None:
             for engine, r in results.items():
                 diff = float(np.abs(r["output"] - results["onnxruntime"]["output"]).max())
                 numpy_peak = f"{r['tracemalloc_peak'] / mb:15.1f}" if "tracemalloc_peak" in r else f"{'-':>15}"
-                print(f"{name:<30}{engine:<13}{r['time'] * 1e3:10.1f}{r['peak_rss'] / mb:13.1f}"
+                print(f"{name:<32}{engine:<13}{r['time'] * 1e3:10.1f}{r['peak_rss'] / mb:13.1f}"
                       f"{r['rss_growth'] / mb:15.1f}{numpy_peak}  {diff:.2e}")
             ours, ort_r = results["ninopt"], results["onnxruntime"]
             ratios_ort.append(ours["time"] / ort_r["time"])
