@@ -400,6 +400,8 @@ def _sole_base_references() -> int:
 
 
 _SOLE_REFERENCES = _sole_references()
+#: below this an input is not offered: a fresh small array costs less than finding out whether it is free
+MIN_DONATED_BYTES = 64 << 10
 _SOLE_BASE_REFERENCES = _sole_base_references()
 
 
@@ -410,10 +412,11 @@ def _donation(env: dict[str, Any], args: list, step: _Step) -> np.ndarray | None
     often return a reshaped product). It is C-contiguous, as a fresh result would be, so later ops see
     the same layout and sum in the same order. The kernel writes its result there if shape and type fit."""
     for index in step.donors:
+        if type(args[index]) is not np.ndarray or args[index].nbytes < MIN_DONATED_BYTES:
+            continue  # small results come cheaply from numpy's own cache: not worth the checks below
         if _reference_count(env, args, step.inputs[index], index) == _SOLE_REFERENCES:
             value = args[index]
-            if type(value) is np.ndarray and value.flags.writeable and value.flags.c_contiguous \
-                    and (value.flags.owndata or _sole_view(value)):
+            if value.flags.writeable and value.flags.c_contiguous and (value.flags.owndata or _sole_view(value)):
                 return value
     return None
 
