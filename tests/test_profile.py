@@ -9,7 +9,7 @@ import pytest
 
 import optimizer
 from optimizer.cli import main
-from support import FIXTURES_DIR
+from support import FIXTURES_DIR, make_model
 
 MODEL = f"{FIXTURES_DIR}/inception_module.onnx"
 
@@ -39,6 +39,20 @@ def test_op_types_add_up_to_the_nodes_and_slowest_are_sorted(profile):
     assert conv.nodes == 6 and conv.macs == optimizer.analyze(MODEL).total_macs
     slowest = profile.slowest(3)
     assert len(slowest) == 3 and slowest[0].seconds == max(n.seconds for n in profile.nodes)
+
+
+def test_weights_from_constant_nodes_are_priced_though_constants_are_not_timed():
+    """Constant nodes are evaluated once per executor, so no run times them; a Conv reading its weights
+    from one still gets its MACs (Paddle exports do this: PP-OCR cls has 308 Constant nodes)."""
+    from onnx import helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["w"], value=weights),
+             helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], name="conv")]
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 6, 6])])
+    result = optimizer.profile(model, runs=1)
+    assert [n.op_type for n in result.nodes] == ["Conv"]
+    assert result.nodes[0].macs == 4 * 3 * 9 * 6 * 6
 
 
 def test_cli_profile_json_and_table(capsys, tmp_path):
