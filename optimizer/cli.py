@@ -18,6 +18,7 @@ from optimizer import api
 from optimizer.cli_args import build_parser
 from optimizer.errors import NinoptError
 
+
 @contextlib.contextmanager
 def _blas_threads(count: int | None):
     """``--blas-threads`` for this command only (the executor's default is back afterwards)."""
