@@ -254,15 +254,21 @@ def integer_matmul_configs(draw):
     return activations(rng, a_type, b_type, batch + (m, k)), integers(rng, b_type, (k, n)), rng
 
 
+def matmul_integer_weights(config, zero_points: str) -> dict[str, np.ndarray]:
+    """MatMulInteger's B and, unless ``zero_points`` is "none", both zero points (B's scalar or per column)."""
+    a, b, rng = config
+    weights = {"b": b}
+    if zero_points != "none":
+        weights |= {"a_zero_point": activations(rng, a.dtype, b.dtype, ()),
+                    "b_zero_point": integers(rng, b.dtype, () if zero_points == "scalar" else (b.shape[-1],))}
+    return weights
+
+
 @settings(**SETTINGS)
 @given(integer_matmul_configs(), st.sampled_from(["none", "scalar", "per-column"]))
 def test_matmul_integer_matches_onnxruntime(config, zero_points):
-    a, b, rng = config
-    inits = {"b": b}
-    if zero_points != "none":
-        n = b.shape[-1]
-        inits |= {"a_zero_point": activations(rng, a.dtype, b.dtype, ()),
-                  "b_zero_point": integers(rng, b.dtype, () if zero_points == "scalar" else (n,))}
+    a = config[0]
+    inits = matmul_integer_weights(config, zero_points)
     assert_same(make_model("MatMulInteger", {"a": a}, initializers=inits, opset=10), {"a": a})
 
 
@@ -376,12 +382,7 @@ def assert_weights_fed_or_kept_agree(op, feeds, weights, **attrs):
 @settings(**SETTINGS)
 @given(integer_matmul_configs(), st.sampled_from(["none", "scalar", "per-column"]))
 def test_matmul_integer_weights_kept_or_fed_agree(config, zero_points):
-    a, b, rng = config
-    weights = {"b": b}
-    if zero_points != "none":
-        weights |= {"a_zero_point": activations(rng, a.dtype, b.dtype, ()),
-                    "b_zero_point": integers(rng, b.dtype, () if zero_points == "scalar" else (b.shape[-1],))}
-    assert_weights_fed_or_kept_agree("MatMulInteger", {"a": a}, weights)
+    assert_weights_fed_or_kept_agree("MatMulInteger", {"a": config[0]}, matmul_integer_weights(config, zero_points))
 
 
 @settings(**SETTINGS)
