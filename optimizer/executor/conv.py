@@ -236,7 +236,7 @@ def _interleave_taps(ctx, cols: np.ndarray, b: np.ndarray | None, win: Window, s
     ctx.guard(shape, cols.dtype, "output before cropping")
     gaps = shape[3:] != tiled or any(d != 1 or k != s for k, d, s in zip(win.kernel, win.dilations, win.strides))
     y = np.zeros(shape, dtype=cols.dtype) if gaps else np.empty(shape, dtype=cols.dtype)
-    for tap in itertools.product(*(range(k) for k in win.kernel)):
+    for tap in win.taps():
         np.copyto(y[(slice(None),) * 3 + win.tap_slices(tap)], cols[(slice(None),) * 3 + tap])
     if b is not None:
         y += b.astype(cols.dtype, copy=False).reshape((group, mg) + (1,) * len(win.out))

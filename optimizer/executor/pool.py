@@ -3,7 +3,6 @@ reduces one spatial axis at a time."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -16,10 +15,6 @@ def _windows(ctx, x):
     win = window(ctx, x.shape[2:], tuple(ctx.attr("kernel_shape")), ceil_mode=bool(ctx.attr("ceil_mode", 0)))
     ctx.guard(x.shape[:2] + win.out, x.dtype)
     return win
-
-
-def _taps(win: Window):
-    return itertools.product(*(range(k) for k in win.kernel))
 
 
 @kernel("MaxPool")
@@ -101,7 +96,7 @@ def _max_pool_with_indices(ctx, x, xp, win: Window, lowest):
     y = np.full(x.shape[:2] + win.out, lowest, dtype=x.dtype)
     indices = np.broadcast_to(base - int(np.sum(axis_strides)), y.shape)
     found = np.zeros(y.shape, dtype=bool)
-    for tap in _taps(win):
+    for tap in win.taps():
         view = xp[(Ellipsis,) + win.tap_slices(tap)]
         flat, inside = 0, True
         for axis, (k, size) in enumerate(zip(tap, spatial)):
@@ -122,7 +117,7 @@ def _average_pool(ctx, x):
     win = _windows(ctx, x)
     xp = pad_for(x, win, 0)
     y = None
-    for tap in _taps(win):
+    for tap in win.taps():
         view = xp[(Ellipsis,) + win.tap_slices(tap)]
         y = view.copy() if y is None else np.add(y, view, out=y)
     counts = _counts(win, x.shape[2:], bool(ctx.attr("count_include_pad", 0))).astype(x.dtype)
@@ -163,7 +158,7 @@ def _lp_pool(ctx, x):
     p = x.dtype.type(ctx.attr("p", 2))
     xp = pad_for(x, win, 0)
     y = None
-    for tap in _taps(win):
+    for tap in win.taps():
         powers = np.abs(xp[(Ellipsis,) + win.tap_slices(tap)]) ** p
         y = powers if y is None else np.add(y, powers, out=y)
     return y ** (1 / p)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -23,6 +25,10 @@ class Window:
     def extent(self) -> tuple[int, ...]:
         """Span of one dilated window."""
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+
+    def taps(self) -> Iterator[tuple[int, ...]]:
+        """Every kernel position, in row-major order."""
+        return itertools.product(*(range(k) for k in self.kernel))
 
     def tap_slices(self, tap: tuple[int, ...], rows: slice | None = None) -> tuple[slice, ...]:
         """Slices of the padded input read by kernel position ``tap`` (optionally for output rows ``rows`` of axis 0)."""
