@@ -267,10 +267,10 @@ def _int_div(a, b):
     return np.where((q < 0) & (q * b != a), q + 1, q).astype(np.result_type(a, b), copy=False)
 
 
-def _div(a, b):
+def _div(a, b, out=None):
     if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
-        return _int_div(a, b)
-    return np.divide(a, b)
+        return _int_div(a, b)  # truncates, which no ufunc writing into ``out`` does
+    return np.divide(a, b, out=out)
 
 
 def _pow(a, b):
@@ -316,25 +316,13 @@ def _register_binary(op_type, fn):
     def legacy(ctx, a, b):
         return np.asarray(fn(*_legacy_broadcast(ctx, a, b)))
 
-    in_place = _IN_PLACE.get(op_type)
-    if in_place is None:
-        @kernel(op_type, since=7)
-        def modern(ctx, a, b):
-            return np.asarray(fn(a, b))
-        return
-    ufunc, kinds = in_place
-
-    @kernel(op_type, since=7, reuses_inputs=True)
-    def modern_in_place(ctx, a, b, out=None):
-        target = _fits(out, a, b)
-        if target is None or target.dtype.kind not in kinds:
-            return np.asarray(fn(a, b))
-        return ufunc(a, b, out=target)
+    @kernel(op_type, since=7, reuses_inputs=op_type in REUSES_INPUTS)
+    def modern(ctx, a, b, out=None):  # ``out`` only ever comes to the ops in REUSES_INPUTS
+        return np.asarray(fn(a, b) if out is None else fn(a, b, out=_fits(out, a, b)))
 
 
-#: arithmetic that may write into a freed input's buffer: the ufunc and the dtype kinds it does that for
-#: (integer Div truncates, which np.divide does not)
-_IN_PLACE = {"Add": (np.add, "iuf"), "Sub": (np.subtract, "iuf"), "Mul": (np.multiply, "iuf"), "Div": (np.divide, "f")}
+#: arithmetic that may write into a freed input's buffer (``_fits`` says when it may)
+REUSES_INPUTS = frozenset({"Add", "Sub", "Mul", "Div"})
 for _op, _fn in _BINARY.items():
     _register_binary(_op, _fn)
 
