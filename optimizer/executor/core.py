@@ -199,7 +199,8 @@ class Executor:
         self._constant_ids.add(id(view))
 
     def holds_constant(self, array: Any) -> bool:
-        """Whether ``array`` is one of this executor's read-only initializer views (for kernels' caches)."""
+        """Whether ``array`` is one of this executor's read-only weight views, of an initializer or a Constant
+        node (for kernels' caches)."""
         return id(array) in self._constant_ids
 
     @property
