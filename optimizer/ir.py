@@ -75,6 +75,11 @@ class Node:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
 
+    @property
+    def is_constant_op(self) -> bool:
+        """An ai.onnx Constant: its value is in its attributes."""
+        return self.op_type == "Constant" and self.domain in ("", "ai.onnx")
+
     def subgraphs(self) -> list[Subgraph]:
         """The bodies its attributes hold (If branches, Loop/Scan bodies)."""
         return [body for value in self.attrs.values() for body in subgraphs_in(value)]
@@ -170,7 +175,7 @@ class Graph:
         if info is not None and info.const is not None and self._fixed_initializer(tensor):
             return info.const.value
         node = self.producer(tensor)
-        if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node is not None and node.is_constant_op:
             return constant_attr_value(node.attrs)
         return None
 

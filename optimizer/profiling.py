@@ -105,7 +105,7 @@ def profile(graph: Graph, feeds: Mapping[str, np.ndarray], runs: int = 3) -> Pro
     shapes: dict[str, Any] = {name: np.shape(value) for name, value in feeds.items()}
     shapes.update((name, graph.shape(name)) for name in graph.initializers)
     # Constant nodes run once per executor, not in a timed run: their values give their shapes
-    shapes.update((name, np.shape(value)) for node in graph.nodes if node.op_type == "Constant"
+    shapes.update((name, np.shape(value)) for node in graph.nodes if node.is_constant_op
                   for name in node.outputs if (value := graph.const(name)) is not None)
     for node, _, outputs in per_run[0]:
         shapes.update((name, shape) for name, shape in zip(node.outputs, outputs) if name)

@@ -109,8 +109,8 @@ class Executor:
         problems: list[UnsupportedOp] = []
         steps = self._plan(problems)
         #: Constant nodes run once, with the weights (their values never change); the rest every run
-        self._constant_steps = [s for s in steps if _is_constant_node(s.ctx.node)]
-        self._steps = [s for s in steps if not _is_constant_node(s.ctx.node)]
+        self._constant_steps = [s for s in steps if s.ctx.node.is_constant_op]
+        self._steps = [s for s in steps if not s.ctx.node.is_constant_op]
         if problems and _parent is None:
             raise UnsupportedOpError(problems)
         self._problems = problems
@@ -171,7 +171,7 @@ class Executor:
         """Offer a kernel that can write in place the inputs it reads last, once each, that some step of
         this graph computed (not feeds, weights, Constant values or outer-scope names). Whether a buffer
         is really free is decided per run (``_donation``): a view of it may still be alive."""
-        constants = {name for step in steps if _is_constant_node(step.ctx.node) for name in step.outputs}
+        constants = {name for step in steps if step.ctx.node.is_constant_op for name in step.outputs}
         for step in steps:
             if step.reuses_inputs and not step.has_subgraphs:
                 step.donors = tuple(i for i, name in enumerate(step.inputs)
@@ -427,10 +427,6 @@ def _sole_view(value: np.ndarray) -> bool:
         return False
     base = value.base
     return type(base) is np.ndarray and base.flags.owndata
-
-
-def _is_constant_node(node: Node) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def _kernel_for(node: Node, opset: int) -> tuple[Any, str | None]:
