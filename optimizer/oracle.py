@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -101,8 +101,10 @@ def run_onnxruntime(model: Graph | bytes, feeds: Mapping[str, np.ndarray], extra
     return dict(zip(names, values))
 
 
-def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """onnxruntime's own noise floor per output, given its outputs ``plain`` of the model as written.
+def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray],
+                  measure: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, float]:
+    """onnxruntime's own noise floor per output, given its outputs ``plain`` of the model as written
+    (in ``measure(plain, fused)`` when given, e.g. a bottleneck budget's metric; else the criterion's).
 
     onnxruntime cannot run most models in float64, and its kernels round differently from
     the executor's (its Sigmoid is accurate to ~1e-7 absolute, so outputs that are all tiny
@@ -117,7 +119,12 @@ def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Map
     floors = {}
     for name, value in plain.items():
         a, b = np.asarray(value, np.float64), np.asarray(fused[name], np.float64)
-        floors[name] = relative_error(b, a, np.isfinite(a) & np.isfinite(b)) if a.shape == b.shape else 0.0
+        if a.shape != b.shape:
+            floors[name] = 0.0
+        elif measure is None:
+            floors[name] = relative_error(b, a, np.isfinite(a) & np.isfinite(b))
+        else:
+            floors[name] = measure(a, b)
     return floors
 
 
@@ -247,6 +254,13 @@ class RuntimeOracle:
             return report
         self.noise = runtime_noise(self._original, self.reference.feeds, self.baseline)
         return judge_with(self.noise)
+
+    def noise_in(self, measure: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, float]:
+        """onnxruntime's own noise floor per output in ``measure`` (see ``runtime_noise``); empty when
+        onnxruntime is not used. Call before ``check``, which lets go of the original model."""
+        if self.baseline is None or self._original is None:
+            return {}
+        return runtime_noise(self._original, self.reference.feeds, self.baseline, measure)
 
     @property
     def uses_executor(self) -> bool:
