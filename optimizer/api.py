@@ -124,11 +124,14 @@ class BottleneckOptions:
     #: default, onnxruntime when importable, else MACs (``optimizer.bottleneck.latency.cost_in_use``)
     cost: str | None = None
 
-    def create_pass(self, calibration: dict[str, np.ndarray] | None):
-        """The pass, with ``calibration`` resolved for the model (``resolve_calibration``)."""
+    def create_pass(self, calibration: dict[str, np.ndarray] | None, held_apart: dict[str, np.ndarray] | None = None,
+                    held_apart_budget: float | None = None):
+        """The pass, with ``calibration`` resolved for the model (``resolve_calibration``) and the inputs the
+        result will be verified on as ``held_apart`` (vetoing layers over ``held_apart_budget`` there)."""
         return get_pass("insert-bottleneck").cls(max_error=self.max_error, calibration=calibration,
                                                  relu_bottleneck=self.relu_bottleneck, metric=self.metric,
-                                                 cost=self.cost)
+                                                 cost=self.cost, held_apart=held_apart,
+                                                 held_apart_budget=held_apart_budget)
 
 
 def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify: bool = True, *,
@@ -158,7 +161,9 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
 
     ``bottleneck`` adds approximate bottleneck insertion after the exact passes; the final
     check then allows its ``max_error``, doubled when the verification inputs are not the
-    calibration inputs (the report says which budget was applied). With
+    calibration inputs (the report says which budget was applied). The bottleneck pass is never
+    fitted to the verification inputs, but they veto its layers: one that fails there is rolled
+    back (its decision says so), so a budget met on the calibration data alone is not enough. With
     ``raise_on_failure=False`` a failed verification is returned in the result instead
     (``result.verification.passed`` is False), for callers that report rather than stop.
     """
@@ -192,12 +197,15 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     budget = tolerance
     if bottleneck is not None:
         cleanup = pipeline_passes("after-bottleneck")
-        approximate = PassManager([bottleneck.create_pass(calibration)] + [get_pass(n).create() for n in cleanup])
+        budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
+        # the verification inputs veto layers that fail there (when verifying: else nothing would check it)
+        held_apart = feeds if verify else None
+        approximate = PassManager([bottleneck.create_pass(calibration, held_apart, budget)]
+                                  + [get_pass(n).create() for n in cleanup])
         extra = approximate.run(graph)
         report = PipelineReport(report.passes + extra.passes, report.iterations + extra.iterations,
                                 report.converged and extra.converged)
         names = names + ["insert-bottleneck", *cleanup]
-        budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
     after = GraphSummary.of(graph, shape_choice.pins)
     verification = None
     if verify and (problem := schema_problem(graph)) is not None:

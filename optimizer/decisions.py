@@ -106,6 +106,8 @@ class BottleneckDecision(Decision):
     solo_error: float | None = None
     error_share: float | None = None
     predicted_model_error: float | None = None
+    #: the model error on the held-apart (verification) inputs, after layers that failed there were vetoed
+    held_apart_error: float | None = None
     #: with ``--cost onnxruntime``: the model's onnxruntime latency before, predicted from the kept
     #: layers' timed savings, and measured after (seconds; one intra-op thread)
     seconds_before: float | None = None

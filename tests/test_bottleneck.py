@@ -218,6 +218,26 @@ def test_engine_api_reports_rows_and_end_to_end_error():
     assert result.to_dict()["layers"][0]["rank"] == 16
 
 
+def test_held_apart_inputs_veto_a_layer_fitted_to_channels_the_calibration_never_drove():
+    """Calibration driving 8 of 192 channels lets a rank-8 reduce fit exactly; on inputs driving all of them
+    it is far off, so those inputs (never fitted to) veto it, which the calibration alone cannot."""
+    rng = np.random.default_rng(5)
+    narrow = rng.standard_normal((3, 192, 28, 28)).astype(np.float32)
+    narrow[:, 8:] = 0
+    wide = {"data": rng.standard_normal((1, 192, 28, 28)).astype(np.float32)}
+    original = onnx_io.load(SEED)
+    blind = onnx_io.load(SEED)
+    result = insert_bottlenecks(blind, max_error=1e-4, calibration={"data": narrow})
+    assert result.changed and result.error <= 1e-4 and result.held_apart_error is None
+    assert relative_error([run(original, wide)["output"]], [run(blind, wide)["output"]]) > 0.1
+    vetoed = onnx_io.load(SEED)
+    result = insert_bottlenecks(vetoed, max_error=1e-4, calibration={"data": narrow}, held_apart=[wide])
+    row = result.rows[0]
+    assert not result.changed and result.held_apart_error == 0.0 and result.rolled_back == [row["node"]]
+    assert row["reason"].startswith("rolled back: ") and "alone on the held-apart inputs" in row["reason"]
+    assert row["macs_after"] == row["macs_before"] and macs(vetoed) == macs(original)
+
+
 def sigmoid_tail_model() -> onnx.ModelProto:
     """The seed layer, then Sigmoid(y - 18): probabilities near 1e-8, a few of onnxruntime's Sigmoid steps
     (it rounds to 2^-24 absolute), so onnxruntime's own rounding is large in any relative measure."""
