@@ -182,6 +182,32 @@ def grouped_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def tucker_model(channels: int = 64, rank: int = 8) -> onnx.ModelProto:
+    """One 3x3 conv whose weights are rank ``rank`` along both channel modes (a Tucker-2 core), plus noise."""
+    rng = np.random.default_rng(3)
+    w = np.einsum("or,rshw,si->oihw", rng.standard_normal((channels, rank)), rng.standard_normal((rank, rank, 3, 3)),
+                  rng.standard_normal((rank, channels)))
+    w += 1e-3 * np.abs(w).mean() * rng.standard_normal(w.shape)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "tucker",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 16, 16])],
+                              [numpy_helper.from_array(w.astype(np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_tucker2_cuts_both_channel_modes_where_either_side_alone_costs_more():
+    model = tucker_model()
+    result = optimizer.optimize(model, bottleneck=optimizer.BottleneckOptions(max_error=1e-2, cost="macs"),
+                                oracle="both")
+    decision = next(d for p in result.pipeline.passes for d in p.decisions if d.kind == "bottleneck")
+    assert (decision.structure, tuple(decision.rank)) == ("tucker2", (8, 8))
+    kernels = [tuple(result.graph.const(n.inputs[1]).shape) for n in convs(result.graph)]
+    assert kernels == [(8, 64, 1, 1), (8, 8, 3, 3), (64, 8, 1, 1)]
+    # 64*8 + 8*8*9 + 8*64 MACs per pixel against 64*64*9; one side alone would keep 64*8*9 + 64*8
+    assert macs(result.graph) * 23 <= macs(onnx_io.load(model))
+    assert fresh_error(onnx_io.load(model), result.graph) <= 1e-2
+
+
 def test_gemm_truncated_svd_into_two_gemms():
     g = onnx_io.load(gemm_model())
     original = g.copy()

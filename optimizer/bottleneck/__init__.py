@@ -27,7 +27,10 @@ Structures (r = rank; W the layer's weights; x its input; y its output):
 * ``output``: KxK (Cin->r, weights P^T W, bias P^T b) then 1x1 (r->Cout) with bias: channel
   decomposition (Zhang et al. 2015), P from centred PCA of the layer's output; the 1x1 and its
   bias are refitted by least squares against the original output.
-* ``tucker2``: 1x1 -> KxK core -> 1x1 (detection proposes it; the engine does not insert it).
+* ``tucker2``: 1x1 (Cin->r1) -> KxK core (r1->r2) -> 1x1 (r2->Cout): the input-side fit at r1, whose
+  KxK conv is then cut on the output side at r2 (PCA of what it gives on the reduced features, the
+  expand refitted to the original response). Cheaper than either side alone where the weights are
+  narrow along both channel modes.
 * ``svd``: a 1x1 Conv or Gemm as two (the input-side math with kh = kw = 1 is the data-aware
   truncated SVD).
 

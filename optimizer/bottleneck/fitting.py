@@ -1,4 +1,4 @@
-"""Fitting one layer: the input-side (or SVD) and output-side structures at a given rank.
+"""Fitting one layer: the input-side (or SVD), output-side and Tucker-2 structures at a given rank.
 
 Each fit runs on the inputs the already-approximated network gives the layer and is measured
 against the original network's response (asymmetric reconstruction). ``ladder`` proposes the
@@ -79,21 +79,39 @@ class LayerFitter:
         if layer.kk > 1 and self.trusted_out:
             self.hi["output"] = min(break_even_rank(layer, "output", self.px_in, self.px_out), layer.cout - 1)
 
-    def ladder(self) -> list[tuple[str, int]]:
+    def ladder(self) -> list[tuple[str, Any]]:
         """(structure, rank) pairs worth measuring: per structure, the smallest ranks below break-even
         whose predicted layer error meets each of LADDER_TARGETS, and a half and a quarter of break-even
-        (where the predictions are optimistic)."""
+        (where the predictions are optimistic); for a KxK layer also Tucker-2 pairs that split each
+        target between the sides (errors of the two cuts add in squares), where they cost fewer MACs
+        than either side alone at that target."""
         rungs = []
         for structure, hi in self.hi.items():
             pred = self._predict_in if structure == self.in_structure else self._predict_out
             ranks = ({smallest_rank(pred, hi, t) for t in LADDER_TARGETS} | {hi // 2, hi // 4}) - {None, 0}
             rungs += [(structure, r) for r in sorted(ranks)]
+        if "output" in self.hi:
+            pairs = set()
+            for t in LADDER_TARGETS:
+                r1 = smallest_rank(self._predict_in, self.hi[self.in_structure], t / math.sqrt(2))
+                r2 = smallest_rank(self._predict_out, self.hi["output"], t / math.sqrt(2))
+                alone = [self._macs(structure, smallest_rank(pred, self.hi[structure], t))
+                         for structure, pred in ((self.in_structure, self._predict_in), ("output", self._predict_out))]
+                if r1 and r2 and self._macs("tucker2", (r1, r2)) < min(alone):
+                    pairs.add((r1, r2))
+            rungs += [("tucker2", pair) for pair in sorted(pairs)]
         return rungs
 
-    def fit(self, structure: str, rank: int) -> Fit | None:
-        """The layer factored as ``structure`` at ``rank`` (cached), or None below one channel."""
+    def _macs(self, structure: str, rank) -> int:
+        """MACs of the layer factored so (the layer's own when ``rank`` is None: no such rank)."""
+        return self.macs if rank is None else structure_macs(self.layer, structure, rank, self.px_in, self.px_out)
+
+    def fit(self, structure: str, rank: Any) -> Fit | None:
+        """The layer factored as ``structure`` at ``rank`` (cached; Tucker-2: a pair), or None below one channel."""
         if (structure, rank) not in self._fits:
-            if rank < 1:
+            if structure == "tucker2":
+                self._fits[structure, rank] = self._tucker_fit(*rank)
+            elif rank < 1:
                 self._fits[structure, rank] = None
             elif structure == self.in_structure:
                 name, q = min(((n, q) for n, q in self._input_bases().items() if q.shape[1] >= rank),
@@ -150,7 +168,7 @@ class LayerFitter:
             w_next = np.concatenate([w_next, -w_next], axis=1)
         rank = reduce_w.shape[0]
         weights = [("reduce", reduce_w, None, {}), ("main", w_next, layer.bias, attrs)]
-        macs = structure_macs(layer, structure, rank, self.px_in, self.px_out)
+        macs = self._macs(structure, rank)
         pred, err = self.predict_in(q), self._err(outs)
         if relu.startswith("relu"):
             relu = f"relu: measured layer deviation {err:.3g}"
@@ -172,25 +190,32 @@ class LayerFitter:
 
     # ----- output side: KxK (Cin->r) + 1x1 (r->Cout), channel decomposition
     def _output_moments(self):
-        """Per-sample output matrices of the layer on its actual inputs, their moments and PCA basis (cached)."""
+        """The output moments of the layer itself on its actual inputs (cached)."""
         if self._out is None:
             layer = self.layer
             ys_a = self.ys_o if self.same_input else self._apply(layer.w, layer.bias, self.xs_a, conv_attrs(layer.node))
-            ya = [as_matrix(layer, y).astype(np.float64) for y in ys_a]
-            yo = [as_matrix(layer, y).astype(np.float64) for y in self.ys_o]
-            n = sum(m.shape[1] for m in ya)
-            m_a = sum(m.sum(axis=1) for m in ya) / n
-            m_o = sum(m.sum(axis=1) for m in yo) / n
-            c_aa = sum(m @ m.T for m in ya) / n
-            c_oa = sum(o @ a.T for o, a in zip(yo, ya)) / n
-            ey2 = sum(float(np.sum(o * o)) for o in yo) / n
-            _, vecs = np.linalg.eigh(c_aa - np.outer(m_a, m_a))
-            self._out = (ya, m_a, m_o, c_aa, c_oa, ey2, vecs[:, ::-1])
+            self._out = self._moments(ys_a)
         return self._out
 
-    def _solve_out(self, r: int):
-        """Top-r centred PCA projection P, the least-squares 1x1 expand [W | b], and the predicted error."""
-        _, m_a, m_o, c_aa, c_oa, ey2, p_all = self._output_moments()
+    def _moments(self, ys_a):
+        """Per-sample output matrices of ``ys_a`` (a KxK conv's outputs), their moments against the original
+        responses and their PCA basis."""
+        layer = self.layer
+        ya = [as_matrix(layer, y).astype(np.float64) for y in ys_a]
+        yo = [as_matrix(layer, y).astype(np.float64) for y in self.ys_o]
+        n = sum(m.shape[1] for m in ya)
+        m_a = sum(m.sum(axis=1) for m in ya) / n
+        m_o = sum(m.sum(axis=1) for m in yo) / n
+        c_aa = sum(m @ m.T for m in ya) / n
+        c_oa = sum(o @ a.T for o, a in zip(yo, ya)) / n
+        ey2 = sum(float(np.sum(o * o)) for o in yo) / n
+        _, vecs = np.linalg.eigh(c_aa - np.outer(m_a, m_a))
+        return ya, m_a, m_o, c_aa, c_oa, ey2, vecs[:, ::-1]
+
+    def _solve_out(self, r: int, moments=None):
+        """Top-r centred PCA projection P, the least-squares 1x1 expand [W | b], and the predicted error
+        (of the layer's own outputs, or of those ``moments`` describe)."""
+        _, m_a, m_o, c_aa, c_oa, ey2, p_all = moments or self._output_moments()
         p = p_all[:, :r]
         gram = np.block([[p.T @ c_aa @ p, (p.T @ m_a)[:, None]], [(m_a @ p)[None, :], np.ones((1, 1))]])
         cross = np.hstack([c_oa @ p, m_o[:, None]])
@@ -209,8 +234,25 @@ class LayerFitter:
         core_w = np.einsum("or,oihw->rihw", p, layer.w)
         weights = [("core", core_w, p.T @ layer.bias, conv_attrs(layer.node)),
                    ("expand", expand_w[:, :, None, None], expand_b, {})]
-        macs = structure_macs(layer, "output", r, self.px_in, self.px_out)
-        return Fit("output", r, macs, self._err(outs), pred, weights, outs, "pca", "none")
+        return Fit("output", r, self._macs("output", r), self._err(outs), pred, weights, outs, "pca", "none")
+
+    # ----- Tucker-2: 1x1 (Cin->r1) + KxK core (r1->r2) + 1x1 (r2->Cout)
+    def _tucker_fit(self, r1: int, r2: int) -> Fit | None:
+        """The input-side fit at ``r1``, then its KxK conv cut on the output side at ``r2``: PCA of what
+        that conv gives on the reduced features, the expand fitted to the original responses."""
+        inner = self.fit(self.in_structure, r1)
+        if inner is None or inner.relu != "none":  # a ReLU or CReLU bottleneck keeps its two-layer form
+            return None
+        reduce, (_, main_w, main_b, attrs) = inner.weights
+        moments = self._moments(inner.outputs)
+        p, coef, pred = self._solve_out(r2, moments)
+        expand_w, expand_b = coef[:, :r2], coef[:, r2]
+        outs = [self._expand(expand_w, expand_b, p.T @ a, y) for a, y in zip(moments[0], self.ys_o)]
+        core_w = np.einsum("or,oihw->rihw", p, main_w)
+        weights = [reduce, ("core", core_w, p.T @ main_b, attrs), ("expand", expand_w[:, :, None, None], expand_b, {})]
+        rank = (reduce[1].shape[0], r2)
+        return Fit("tucker2", rank, self._macs("tucker2", rank), self._err(outs), math.hypot(inner.predicted, pred),
+                   weights, outs, inner.basis, "none")
 
     def _expand(self, w, b, h, like):
         y = (w @ h + b[:, None]).astype(np.float32)
