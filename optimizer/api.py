@@ -124,8 +124,8 @@ class BottleneckOptions:
     #: default, onnxruntime when importable, else MACs (``optimizer.bottleneck.latency.cost_in_use``)
     cost: str | None = None
 
-    def create_pass(self, calibration: dict[str, np.ndarray] | None, held_apart: dict[str, np.ndarray] | None = None,
-                    held_apart_budget: float | None = None):
+    def create_pass(self, calibration: dict[str, np.ndarray] | None,
+                    held_apart: list[dict[str, np.ndarray]] | None = None, held_apart_budget: float | None = None):
         """The pass, with ``calibration`` resolved for the model (``resolve_calibration``) and the inputs the
         result will be verified on as ``held_apart`` (vetoing layers over ``held_apart_budget`` there)."""
         return get_pass("insert-bottleneck").cls(max_error=self.max_error, calibration=calibration,
@@ -170,7 +170,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     from optimizer.bottleneck.latency import cost_in_use
     from optimizer.executor import Executor
     from optimizer.oracle import RuntimeOracle, check_oracle
-    from optimizer.inputs import input_shape_choice, prepare_feeds
+    from optimizer.inputs import input_shape_choice, prepare_runs
     from optimizer.verification import Criterion, Reference
 
     oracle = check_oracle(oracle)
@@ -182,16 +182,17 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
     seen_in_calibration = bottleneck is not None and _same_source(inputs, bottleneck.calibration)
     inputs = resolve_inputs(inputs, graph, preprocess)
     # dynamic dims: verified (and priced) at the shapes chosen here, reported in the result
-    shape_choice = input_shape_choice(graph, inputs, shapes, seed, confirm=verify or verify_each_pass)
+    shape_choice = input_shape_choice(graph, inputs.first if inputs else None, shapes, seed,
+                                      confirm=verify or verify_each_pass)
     checker = None
     if verify or verify_each_pass:
-        feeds, used_seed = prepare_feeds(graph, inputs, shape_choice.shapes, seed)
-        reference = Reference.measure(graph, feeds, used_seed)
+        runs, used_seed = prepare_runs(graph, inputs, shape_choice.shapes, seed)
+        reference = Reference.measure(graph, runs, used_seed)
     before = GraphSummary.of(graph, shape_choice.pins)
     runtime = RuntimeOracle(graph, reference, Criterion(tolerance), oracle) if verify else None
     if verify_each_pass:
         def checker(candidate: Graph) -> str | None:
-            outcome = reference.judge(Executor(candidate).run(feeds), Criterion(tolerance))
+            outcome = reference.judge(runs.outputs(Executor(candidate).run), Criterion(tolerance))
             return None if outcome.passed else outcome.failures()[0].message
     report = PassManager([get_pass(n).create() for n in names], checker=checker).run(graph)
     budget = tolerance
@@ -199,7 +200,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         cleanup = pipeline_passes("after-bottleneck")
         budget = max(tolerance, bottleneck.max_error * (1 if seen_in_calibration else 2))
         # the verification inputs veto layers that fail there (when verifying: else nothing would check it)
-        held_apart = feeds if verify else None
+        held_apart = list(runs.feeds) if verify else None
         approximate = PassManager([bottleneck.create_pass(calibration, held_apart, budget)]
                                   + [get_pass(n).create() for n in cleanup])
         extra = approximate.run(graph)
@@ -215,7 +216,7 @@ def optimize(model: ModelLike, passes: Iterable[str] | str | None = None, verify
         if bottleneck is not None and bottleneck.metric != "max-rel":
             checks = _metric_checks(graph, reference, runtime, bottleneck.metric, budget)
         else:
-            checks = [reference.judge(Executor(graph).run(feeds), criterion)] if runtime.uses_executor else []
+            checks = [reference.judge(runs.outputs(Executor(graph).run), criterion)] if runtime.uses_executor else []
             checks += [c for c in [runtime.check(graph, criterion)] if c is not None]
         verification = next((c for c in checks if not c.passed), checks[0])
         if not verification.passed and raise_on_failure:
@@ -250,7 +251,7 @@ def _metric_checks(graph: Graph, reference, runtime, metric: str, budget: float)
     anything = Criterion(float("inf"))
     checks = []
     if runtime.uses_executor:
-        got = Executor(graph).run(reference.feeds)
+        got = reference.runs.outputs(Executor(graph).run)
         checks.append(judge_in_metric(reference.judge(got, anything), metric, budget, reference.outputs, got, floors))
     got = runtime.outputs(graph)
     if got is not None:

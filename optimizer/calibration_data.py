@@ -26,6 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from optimizer.errors import NinoptError
+from optimizer.inputs import Runs, split_runs
 from optimizer.ir import Graph
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -45,21 +46,14 @@ def resolve_calibration(calibration: Source, graph: Graph, preprocess: str | Non
     return None if calibration is None else _with_every_input(dict(calibration), graph)
 
 
-def resolve_inputs(inputs: Source, graph: Graph, preprocess: str | None = None) -> dict[str, np.ndarray] | None:
-    """The inputs to verify or run ``graph`` with, from None, a dict or a path (``load_samples``); inputs
-    left out are drawn at random (``optimizer.inputs.prepare_feeds``). One run takes them all, so a folder's
-    samples must make the model's batch."""
+def resolve_inputs(inputs: Source, graph: Graph, preprocess: str | None = None) -> Runs | None:
+    """The inputs to verify or run ``graph`` with, from None, a dict or a path (``load_samples``), as runs
+    (``optimizer.inputs.split_runs``: one, unless the model's batch is fixed and smaller than the samples);
+    inputs left out are drawn at random (``optimizer.inputs.prepare_runs``)."""
     if inputs is None or isinstance(inputs, Mapping):
         _refuse_preprocess(preprocess)
-        return None if inputs is None else dict(inputs)
-    loaded = load_samples(inputs, graph, preprocess, purpose="input")
-    if Path(inputs).is_dir():
-        for name, value in loaded.items():
-            batch = (graph.shape(name) or (None,))[0]
-            if isinstance(batch, int) and batch > 0 and len(value) != batch:
-                raise NinoptError(f"{inputs} holds {len(value)} sample(s) of input {name!r}, but the model runs a "
-                                  f"fixed batch of {batch} and the inputs are one run; give it {batch} sample(s).")
-    return loaded
+        return None if inputs is None else split_runs(graph, inputs)
+    return split_runs(graph, load_samples(inputs, graph, preprocess, purpose="input"), f"the inputs in {inputs}")
 
 
 def _refuse_preprocess(preprocess: str | None) -> None:

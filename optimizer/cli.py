@@ -290,17 +290,18 @@ def _write_rows(path: Path, header, rows) -> None:
 def cmd_run(args) -> int:
     from optimizer.calibration_data import resolve_inputs
     from optimizer.executor import Executor
-    from optimizer.inputs import prepare_feeds
+    from optimizer.inputs import prepare_runs
     from optimizer.verification import json_number
 
     graph = api.load(args.model)
     executor = Executor(graph)  # plans first: every unsupported op is named before anything runs
     inputs = resolve_inputs(args.inputs, graph, args.preprocess)
-    feeds, _ = prepare_feeds(graph, inputs, dict(args.shape) or None, args.seed)
+    runs, _ = prepare_runs(graph, inputs, dict(args.shape) or None, args.seed)
+    feeds = runs.first
     if args.profile:
         return _print_profile(args, graph, feeds)
     with _working(args, f"running {Path(args.model).name}"):
-        outputs = executor.run(feeds)
+        outputs = runs.outputs(executor.run)
     if args.output:
         from optimizer.model_files import atomic_writer
 
@@ -311,12 +312,13 @@ def cmd_run(args) -> int:
                 "max": json_number(float(value.max())) if value.size else None}
                for name, value in outputs.items()]
     if args.json:
-        print(json.dumps({"inputs": {k: list(np.shape(v)) for k, v in feeds.items()}, "outputs": summary,
-                          "written": args.output}, indent=2))
+        print(json.dumps({"inputs": {k: list(np.shape(v)) for k, v in feeds.items()}, "runs": len(runs.feeds),
+                          "outputs": summary, "written": args.output}, indent=2))
         return 0
     if args.quiet:
         return 0
-    table = Table(title=f"outputs of {args.model}")
+    stacked = f", {len(runs.feeds)} runs stacked on a new first axis" if len(runs.feeds) > 1 else ""
+    table = Table(title=f"outputs of {args.model}{stacked}")
     for col in ("output", "shape", "dtype", "min", "max"):
         table.add_column(col)
     for row in summary:

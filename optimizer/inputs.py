@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -278,6 +278,59 @@ def input_shape_choice(graph: Graph, inputs: Mapping[str, np.ndarray] | None = N
         return ShapeChoice(given, {}, {k: v for k, v in given.items() if declared[k] != v})
     return choose_input_shapes(graph, {k: v for k, v in (shapes or {}).items() if k not in given} | given,
                                seed=seed, confirm=confirm)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """What a model is run on: one feed dict per run. A model with a fixed batch given more samples than
+    its batch (a folder of pages for a batch-1 detector) runs once per batch of them; the outputs of
+    several runs are stacked on a new leading axis, so each judgment covers every run."""
+
+    feeds: tuple[dict[str, np.ndarray], ...]
+
+    @property
+    def first(self) -> dict[str, np.ndarray]:
+        return self.feeds[0]
+
+    def outputs(self, run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """``run`` on every feed: one run's outputs as they are, several runs' stacked."""
+        results = [run(feed) for feed in self.feeds]
+        if len(results) == 1:
+            return dict(results[0])
+        return {name: np.stack([r[name] for r in results]) for name in results[0]}
+
+
+def split_runs(graph: Graph, samples: Mapping[str, np.ndarray], source: str = "the inputs") -> Runs:
+    """``samples`` (input name -> samples along axis 0) as runs of the model's fixed batch, in order; one
+    run when the batch is dynamic (or the inputs already make one batch). An input that already fits
+    (a scalar, a state) is the same in every run. ``source`` names them in errors."""
+    counts = {}
+    for name, value in samples.items():
+        batch = (graph.shape(name) or (None,))[0] if name in graph.feed_inputs() else None
+        if isinstance(batch, int) and batch > 0 and np.ndim(value) > 0 and len(value) != batch:
+            if len(value) % batch:
+                raise NinoptError(f"{source} give {len(value)} sample(s) of input {name!r}, but the model runs a "
+                                  f"fixed batch of {batch}; give a multiple of {batch}.")
+            counts[name] = (len(value) // batch, batch)
+    runs = {count for count, _ in counts.values()}
+    if not runs:
+        return Runs((dict(samples),))
+    if len(runs) > 1:
+        raise NinoptError(f"{source} make different numbers of runs per input "
+                          f"({', '.join(f'{n}: {count} of batch {batch}' for n, (count, batch) in counts.items())}).")
+    count = runs.pop()
+    return Runs(tuple({name: np.asarray(value)[i * counts[name][1]:(i + 1) * counts[name][1]] if name in counts
+                       else value for name, value in samples.items()} for i in range(count)))
+
+
+def prepare_runs(graph: Graph, inputs: Runs | Mapping[str, np.ndarray] | None = None,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> tuple[Runs, int | None]:
+    """``prepare_feeds`` for every run of ``inputs`` (a dict is one run); inputs left out are drawn once, at the
+    first run's shapes, and shared by all runs."""
+    runs = inputs if isinstance(inputs, Runs) else Runs((dict(inputs or {}),))
+    first, used_seed = prepare_feeds(graph, runs.first, shapes, seed)
+    drawn = {name: value for name, value in first.items() if name not in runs.first}
+    return Runs((first,) + tuple(drawn | feed for feed in runs.feeds[1:])), used_seed
 
 
 def prepare_feeds(graph: Graph, inputs: Mapping[str, np.ndarray] | None = None,

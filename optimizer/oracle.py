@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from optimizer.errors import NinoptError, VerificationError, first_line
+from optimizer.inputs import Runs
 from optimizer.ir import Graph
 from optimizer.verification import Criterion, Reference, VerifyReport, relative_error
 
@@ -101,7 +102,7 @@ def run_onnxruntime(model: Graph | bytes, feeds: Mapping[str, np.ndarray], extra
     return dict(zip(names, values))
 
 
-def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray],
+def runtime_noise(serialized: bytes, runs: Runs, plain: Mapping[str, np.ndarray],
                   measure: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, float]:
     """onnxruntime's own noise floor per output, given its outputs ``plain`` of the model as written
     (in ``measure(plain, fused)`` when given, e.g. a bottleneck budget's metric; else the criterion's).
@@ -113,7 +114,7 @@ def runtime_noise(serialized: bytes, feeds: Mapping[str, np.ndarray], plain: Map
     from the plain one.
     """
     try:
-        fused = run_onnxruntime(serialized, feeds, fused=True)
+        fused = runs.outputs(lambda feed: run_onnxruntime(serialized, feed, fused=True))
     except OracleUnavailable:
         return {}
     floors = {}
@@ -160,11 +161,11 @@ def first_divergence(graph: Graph, reference: Reference, criterion: Criterion) -
     def diverging(nodes) -> tuple[Any, Any] | None:
         tensors = list(dict.fromkeys(t for n in nodes for t in n.outputs if t))
         serialized = serialize(graph, tensors)
-        runtime = run_onnxruntime(serialized, reference.feeds)
-        noise = runtime_noise(serialized, reference.feeds, runtime)
+        runtime = reference.runs.outputs(lambda feed: run_onnxruntime(serialized, feed))
+        noise = runtime_noise(serialized, reference.runs, runtime)
         probe = graph.copy()
         probe.outputs = tensors
-        local = Reference.measure(probe, reference.feeds, reference.seed)
+        local = Reference.measure(probe, reference.runs, reference.seed)
         report = local.judge({t: runtime[t] for t in tensors}, criterion, oracle="onnxruntime",
                              oracle_noise={t: noise[t] for t in tensors if t in noise})
         for node in nodes:
@@ -229,7 +230,7 @@ class RuntimeOracle:
             return
         try:
             self._original = serialize(original)
-            self.baseline = run_onnxruntime(self._original, reference.feeds)
+            self.baseline = reference.runs.outputs(lambda feed: run_onnxruntime(self._original, feed))
         except OracleUnavailable as exc:
             self.report.fallback = f"{exc}; verified on the executor only"
             self.report.used = ["executor"]
@@ -252,7 +253,7 @@ class RuntimeOracle:
         report = judge_with(self.noise or {})
         if report.passed or self.noise is not None:
             return report
-        self.noise = runtime_noise(self._original, self.reference.feeds, self.baseline)
+        self.noise = runtime_noise(self._original, self.reference.runs, self.baseline)
         return judge_with(self.noise)
 
     def noise_in(self, measure: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, float]:
@@ -260,7 +261,7 @@ class RuntimeOracle:
         onnxruntime is not used. Call before ``check``, which lets go of the original model."""
         if self.baseline is None or self._original is None:
             return {}
-        return runtime_noise(self._original, self.reference.feeds, self.baseline, measure)
+        return runtime_noise(self._original, self.reference.runs, self.baseline, measure)
 
     @property
     def uses_executor(self) -> bool:
@@ -271,7 +272,8 @@ class RuntimeOracle:
         if self.baseline is None:
             return None
         try:
-            return run_onnxruntime(optimized, self.reference.feeds)
+            serialized = serialize(optimized)
+            return self.reference.runs.outputs(lambda feed: run_onnxruntime(serialized, feed))
         except OracleUnavailable as exc:
             raise VerificationError(f"onnxruntime runs the original model but not the optimized one: {exc}; "
                                     f"nothing was written.") from None

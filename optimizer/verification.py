@@ -31,7 +31,7 @@ import numpy as np
 
 from optimizer.errors import NinoptError
 from optimizer.executor import Executor
-from optimizer.inputs import prepare_feeds
+from optimizer.inputs import Runs, prepare_runs
 from optimizer.ir import Graph
 from optimizer.onnx_io import load
 
@@ -112,10 +112,11 @@ class OutputReport:
 @dataclass
 class VerifyReport:
     outputs: list[OutputReport]
-    inputs: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)  # name -> (shape, dtype)
+    inputs: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)  # name -> (shape, dtype) of a run
     seed: int | None = None  # None when all inputs were given
     criterion: Criterion | None = None  # None when every output was judged by explicit atol/rtol
     oracle: str = "executor"  # what ran the models: "executor" or "onnxruntime"
+    runs: int = 1  # runs of the model (a fixed batch given more samples); outputs stacked across them
 
     @property
     def passed(self) -> bool:
@@ -145,7 +146,7 @@ class VerifyReport:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "oracle": self.oracle, "seed": self.seed,
+        return {"passed": self.passed, "oracle": self.oracle, "seed": self.seed, "runs": self.runs,
                 "criterion": self.criterion.to_dict() if self.criterion is not None else {"rule": "allclose"},
                 "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.inputs.items()},
                 "outputs": [o.to_dict() for o in self.outputs]}
@@ -169,7 +170,7 @@ def json_number(x: float) -> float | str:
 
 
 # ---------------------------------------------------------------------- comparing
-def verify(a: Any, b: Any, *, inputs: Mapping[str, np.ndarray] | None = None,
+def verify(a: Any, b: Any, *, inputs: Runs | Mapping[str, np.ndarray] | None = None,
            shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0, tolerance: float = EXACT_TOLERANCE,
            atol: float | None = None, rtol: float | None = None, per_output_atol: Mapping[str, float] | None = None,
            per_output_rtol: Mapping[str, float] | None = None) -> VerifyReport:
@@ -178,7 +179,8 @@ def verify(a: Any, b: Any, *, inputs: Mapping[str, np.ndarray] | None = None,
 
     An output given an atol or rtol (for all outputs, or by name) is judged by
     ``|b - a| <= atol + rtol * |a|`` instead (the one not given is 0). Inputs not given in
-    ``inputs`` are drawn by ``optimizer.inputs.random_inputs(a, shapes, seed)``.
+    ``inputs`` (a dict, or ``Runs``: each run's outputs are judged together) are drawn by
+    ``optimizer.inputs.random_inputs(a, shapes, seed)``.
     """
     a, b = load(a), load(b)
     if set(a.feed_inputs()) != set(b.feed_inputs()):
@@ -192,9 +194,9 @@ def verify(a: Any, b: Any, *, inputs: Mapping[str, np.ndarray] | None = None,
     if stray:
         raise NinoptError(f"Per-output tolerance names {', '.join(map(repr, stray))}, which is not an output; "
                           f"the outputs are {', '.join(map(repr, a.outputs))}.")
-    feeds, used_seed = prepare_feeds(a, inputs, shapes, seed)
-    reference = Reference.measure(a, feeds, used_seed)
-    got = Executor(b).run(feeds)
+    runs, used_seed = prepare_runs(a, inputs, shapes, seed)
+    reference = Reference.measure(a, runs, used_seed)
+    got = runs.outputs(Executor(b).run)
     criterion = Criterion(tolerance)
     reports = []
     for name in a.outputs:
@@ -203,21 +205,24 @@ def verify(a: Any, b: Any, *, inputs: Mapping[str, np.ndarray] | None = None,
             if explicit else {}
         reports.append(judge(name, reference.truth[name], reference.outputs[name], got[name], criterion, **limits))
     judged_by_criterion = any(o.allowed is not None for o in reports)
-    return VerifyReport(reports, _describe(feeds), used_seed, criterion if judged_by_criterion else None)
+    return VerifyReport(reports, _describe(runs), used_seed, criterion if judged_by_criterion else None,
+                        runs=len(runs.feeds))
 
 
 @dataclass
 class Reference:
-    """The reference model's outputs on the verification inputs: in its own precision and in float64 (the truth)."""
+    """The reference model's outputs on the verification inputs (its runs' outputs stacked when several):
+    in its own precision and in float64 (the truth)."""
 
-    feeds: dict[str, np.ndarray]
+    runs: Runs
     seed: int | None
     outputs: dict[str, np.ndarray]
     truth: dict[str, np.ndarray]
 
     @classmethod
-    def measure(cls, graph: Graph, feeds: Mapping[str, np.ndarray], seed: int | None) -> Reference:
-        return cls(dict(feeds), seed, Executor(graph).run(feeds), Executor(graph, compute_dtype=np.float64).run(feeds))
+    def measure(cls, graph: Graph, runs: Runs, seed: int | None) -> Reference:
+        return cls(runs, seed, runs.outputs(Executor(graph).run),
+                   runs.outputs(Executor(graph, compute_dtype=np.float64).run))
 
     def noise_floors(self) -> dict[str, float]:
         """Per output: the reference's own error against the truth."""
@@ -249,11 +254,11 @@ class Reference:
             else:
                 reports.append(judge(name, baseline[name], baseline[name], candidate[name], criterion,
                                      noise_floor=floors[name], against=f"the original in {oracle}"))
-        return VerifyReport(reports, _describe(self.feeds), self.seed, criterion, oracle)
+        return VerifyReport(reports, _describe(self.runs), self.seed, criterion, oracle, len(self.runs.feeds))
 
 
-def _describe(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in feeds.items()}
+def _describe(runs: Runs) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in runs.first.items()}
 
 
 def relative_error(value: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:

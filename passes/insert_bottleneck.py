@@ -20,8 +20,8 @@ class InsertBottleneck(GraphPass):
     ``max_error`` bounds the error of every model output in ``metric`` (``max-rel``: max|d| / max|y|,
     ``rms``, ``cosine``, ``top1``; see ``optimizer.bottleneck.metrics``) over the calibration inputs
     (``calibration``: input name -> samples along the leading axis; None: seeded random inputs);
-    the ranks are allocated over all layers at once against that budget. ``held_apart`` (one feed
-    dict, never fitted to: ``optimize`` passes the inputs it verifies on) vetoes layers until the model
+    the ranks are allocated over all layers at once against that budget. ``held_apart`` (feed dicts,
+    one per run, never fitted to: ``optimize`` passes the inputs it verifies on) vetoes layers until the model
     is within ``held_apart_budget`` on it too (see ``optimizer.bottleneck.engine``).
     ``relu_bottleneck`` puts a ReLU after each inserted 1x1 (exact CReLU where still below
     break-even, else measured). Each considered layer lands in ``stats.decisions``. A GraphPass:
@@ -40,13 +40,13 @@ class InsertBottleneck(GraphPass):
     #: what a factorization must save: "macs", or "onnxruntime" latency measured per layer; None: the
     #: default, onnxruntime when importable, else MACs (``optimizer.bottleneck.latency.cost_in_use``)
     cost: str | None = None
-    held_apart: Mapping[str, np.ndarray] | None = None
+    held_apart: list[Mapping[str, np.ndarray]] | None = None
     held_apart_budget: float | None = None
 
     def __init__(self, max_error: float | None = None, calibration: Mapping[str, np.ndarray] | None = None,
                  relu_bottleneck: bool | None = None, seed: int | None = None, samples: int | None = None,
                  metric: str | None = None, cost: str | None = None,
-                 held_apart: Mapping[str, np.ndarray] | None = None, held_apart_budget: float | None = None):
+                 held_apart: list[Mapping[str, np.ndarray]] | None = None, held_apart_budget: float | None = None):
         for key, value in (("max_error", max_error), ("calibration", calibration),
                            ("relu_bottleneck", relu_bottleneck), ("seed", seed), ("samples", samples),
                            ("metric", metric), ("cost", cost), ("held_apart", held_apart),
@@ -64,7 +64,7 @@ class InsertBottleneck(GraphPass):
         result = insert_bottlenecks(g, max_error=self.max_error, calibration=self.calibration,
                                     relu_bottleneck=self.relu_bottleneck, seed=self.seed, samples=self.samples,
                                     metric=self.metric, cost=cost,
-                                    held_apart=None if self.held_apart is None else [self.held_apart],
+                                    held_apart=self.held_apart,
                                     held_apart_budget=self.held_apart_budget)
         latency = self._latency(cost, before, g, [row["node"] for row in result.rows if row["applied"]])
         stats = ctx.stats

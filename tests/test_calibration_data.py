@@ -315,7 +315,6 @@ def test_preprocess_goes_to_whichever_source_holds_images(tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("build, words", [
-    (lambda d: [_image(d / f"{i}.png", PIXELS) for i in range(2)], "fixed batch of 1"),
     (lambda d: np.savez(d / "x.npz", x=np.zeros((1, 3, 8, 8), np.float32), z=np.zeros(3)), "'z', which the model"),
     (lambda d: None, "holds no input files"),
 ])
@@ -365,3 +364,25 @@ def test_pp_ocr_det_bottlenecks_fitted_on_one_page_are_vetoed_where_the_held_apa
     kept = [d for d in decisions if d["applied"]]
     assert vetoed and kept and report["after"]["macs"] < report["before"]["macs"]
     assert all(d["held_apart_error"] <= 2e-3 for d in decisions)
+
+
+def test_a_fixed_batch_model_runs_once_per_batch_of_a_folder_and_is_judged_on_all_runs(tmp_path: Path, capsys) -> None:
+    model = _conv_model(tmp_path / "m.onnx")  # batch 1
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for i in range(3):
+        _image(folder / f"{i}.png", PIXELS + 40 * i)
+    out = tmp_path / "y.npz"
+    assert cli.main(["run", str(model), "--inputs", str(folder), "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runs"] == 3 and report["outputs"][0]["shape"] == [3, 1, 8, 8, 8]
+    stacked, samples = np.load(out)["y"], load_calibration(folder, optimizer.load(model))["x"]
+    for i in range(3):  # run i is image i, alone
+        assert np.array_equal(stacked[i], optimizer.run(model, {"x": samples[i:i + 1]})["y"])
+    assert cli.main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--inputs", str(folder), "--json"]) == 0
+    verification = json.loads(capsys.readouterr().out)["verification"]
+    assert verification["passed"] and verification["runs"] == 3
+    assert verification["inputs"]["x"]["shape"] == [1, 3, 8, 8]
+    batch_of_two = _conv_model(tmp_path / "m2.onnx", shape=(2, 3, 8, 8))
+    assert cli.main(["run", str(batch_of_two), "--inputs", str(folder)]) == 2
+    assert "fixed batch of 2; give a multiple of 2" in _one_sentence(capsys.readouterr().err)

@@ -30,7 +30,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import optimizer  # noqa: E402
 from optimizer.executor import Executor  # noqa: E402
 from optimizer.oracle import RuntimeOracle  # noqa: E402
-from optimizer.inputs import prepare_feeds  # noqa: E402
+from optimizer.inputs import prepare_runs  # noqa: E402
 from optimizer.verification import Criterion, Reference  # noqa: E402
 
 WILD_SHAPES = {"ch_PP-OCRv4_det_infer": {"x": (1, 3, 320, 320)}}
@@ -46,12 +46,12 @@ def measure(name: str, model, shapes=None) -> dict:
     """Optimize unverified, then verify piece by piece, timing each piece."""
     graph = optimizer.load(model)
     original = graph.copy()
-    feeds, _ = prepare_feeds(graph, None, shapes, 0)
+    runs, _ = prepare_runs(graph, None, shapes, 0)
     result = optimizer.optimize(graph, shapes=shapes, verify=False)
-    _, t32 = timed(lambda: Executor(original).run(feeds))
-    _, t64 = timed(lambda: Executor(original, compute_dtype=np.float64).run(feeds))
-    reference = Reference.measure(original, feeds, 0)
-    report = reference.judge(Executor(result.graph).run(feeds), Criterion())
+    _, t32 = timed(lambda: Executor(original).run(runs.first))
+    _, t64 = timed(lambda: Executor(original, compute_dtype=np.float64).run(runs.first))
+    reference = Reference.measure(original, runs, 0)
+    report = reference.judge(Executor(result.graph).run(runs.first), Criterion())
     oracle, t_ort = timed(lambda: RuntimeOracle(original, reference, Criterion(), "both"))
     runtime, t_check = timed(lambda: oracle.check(result.graph, Criterion()))
     worst = max(report.outputs, key=lambda o: o.ratio)
