@@ -1,9 +1,11 @@
 """Conv, ConvTranspose and com.microsoft FusedConv as BLAS work.
 
 * 1x1, stride 1, no padding: one matmul on the input as it lies.
-* depthwise (one input channel per group): im2col from one strided view of the input (at
-  stride 1 over the flattened padded image, so each tap is a contiguous shift) and one
-  batched matmul per band of channels.
+* depthwise (one input channel per group): on a wide 2-D map, columns of one kernel row's taps
+  copied in bands of channels and a matrix-vector product per output row; on a small 2-D map
+  with many channels, one einsum over the channel-last input; otherwise im2col in bands of
+  channels (at stride 1 over the flattened padded image, so each tap is a contiguous shift)
+  and a product per channel.
 * everything else: im2col in bands of output rows, one batched matmul per band. The band
   height is chosen per shape so the column buffer stays near ``IM2COL_BYTES`` (cache-sized
   buffers beat one huge buffer, and peak memory stays close to the output's own size).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -23,8 +26,15 @@ from optimizer.executor.window import Window, pad_for, window
 
 IM2COL_BYTES = 8 << 20
 #: depthwise columns feed a matrix-vector product that reads each column once, so smaller
-#: bands that stay in cache win (measured: 8 MiB bands ran up to 4x slower than 2 MiB ones)
+#: bands that stay in cache win (measured: 8 MiB bands ran up to 4x slower than 2 MiB ones;
+#: 1 MiB, the L2 of the EPYC measured on, ran the same as 2 MiB; 512 KiB and 4 MiB slower)
 DEPTHWISE_COLUMN_BYTES = 2 << 20
+#: a 2-D depthwise conv goes row by row once the columns one output row saves (the taps below
+#: the first kernel row) outweigh the BLAS call it adds: measured break-even between 336 and 560
+DEPTHWISE_ROW_CALL_COLUMNS = 480
+#: any other 2-D depthwise conv runs channel-last when it has at least this many output channels
+#: per output pixel (measured 1.3-1.8x faster on PP-OCR's 7x7 and strided maps, within 7% on 3x3)
+DEPTHWISE_CHANNEL_LAST_CHANNELS_PER_PIXEL = 1
 
 
 def _check_float(ctx, *arrays: np.ndarray) -> None:
@@ -72,14 +82,30 @@ def _column_buffer(ctx, band_shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
-    """Depthwise conv as im2col from one strided view of the padded input plus a batched matmul.
+    """Depthwise conv, whichever of three ways measured fastest for its shape.
+
+    Copying every tap of every pixel costs more than the products on a wide map, so a 2-D map
+    wide enough to pay for a BLAS call per output row copies only one kernel row's taps
+    (``_depthwise_by_rows``, a third to a fifth of the copy); a small 2-D map with many channels
+    copies nothing (``_depthwise_channel_last``); any other copies them all.
+    """
+    if len(win.out) == 2:
+        kernel_rows, kernel_cols = win.kernel
+        if win.dilations[0] == 1 and (kernel_rows - 1) * kernel_cols * win.out[1] >= DEPTHWISE_ROW_CALL_COLUMNS:
+            return _depthwise_by_rows(ctx, xp, w, win)
+        if w.shape[0] >= DEPTHWISE_CHANNEL_LAST_CHANNELS_PER_PIXEL * math.prod(win.out):
+            return _depthwise_channel_last(ctx, xp, w, win)
+    return _depthwise_by_taps(ctx, xp, w, win)
+
+
+def _depthwise_by_taps(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
+    """Every tap of every output pixel in the columns, one matrix-vector product per channel.
 
     At stride 1 the columns are taken on the flattened padded image: output pixel ``o`` (in the
     padded image's row-major layout) reads input pixel ``o + offset(tap)``, so each column row
     is one long contiguous run instead of one short output row; outputs are computed on the
     padded grid and the columns past the output width (which mix in neighbouring rows) are
-    cropped at the end. At other strides the view spans the output grid itself. Channels go in
-    bands so the column buffer stays near ``DEPTHWISE_COLUMN_BYTES``.
+    cropped at the end. At other strides the view spans the output grid itself.
     """
     n, c = xp.shape[:2]
     mult = w.shape[0] // c
@@ -98,17 +124,84 @@ def _depthwise(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
     columns = as_strided(flat, shape=(n, c) + win.kernel + grid, strides=flat.strides[:2] + tap_strides + grid_strides,
                          writeable=False)
     taps, pixels = math.prod(win.kernel), math.prod(grid)
-    weights = w.reshape(c, mult, taps)
     y = np.empty((n, c, mult) + wide, dtype=xp.dtype)
-    out = y.reshape(n, c, mult, -1)[..., :pixels]
-    band = max(1, min(c, DEPTHWISE_COLUMN_BYTES // max(n * taps * pixels * item, 1)))
-    buffer = _column_buffer(ctx, (n, band, taps, pixels), xp.dtype)
+    _banded_products(ctx, columns, w.reshape(c, mult, taps), y.reshape(n, c, mult, -1)[..., :pixels],
+                     lambda cols: cols.reshape(cols.shape[:2] + (taps, pixels)))
+    return np.ascontiguousarray(y[(Ellipsis,) + tuple(slice(0, o) for o in win.out[1:])])
+
+
+def _depthwise_by_rows(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
+    """2-D depthwise conv (kernel rows not dilated) from columns of one kernel row's taps.
+
+    ``cols[r, j, x] = xp[r, x * column stride + j * column dilation]`` (kernel column ``j``), so
+    output row ``h`` needs, for all its taps at once, the ``kernel rows * kernel columns`` rows of
+    ``cols`` that start at input row ``h * row stride``: consecutive, one output width apart, a
+    matrix as BLAS takes it. The copy expands the input by the kernel's width only, not its
+    area, and the output needs no crop; the price is a BLAS call per output row, not per channel.
+    """
+    n, c = xp.shape[:2]
+    mult = w.shape[0] // c
+    (kernel_rows, kernel_cols), (out_rows, width) = win.kernel, win.out
+    x_strides = xp.strides
+    columns = as_strided(xp, shape=(n, c, xp.shape[2], kernel_cols, width),
+                         strides=x_strides[:3] + (win.dilations[1] * x_strides[3], win.strides[1] * x_strides[3]),
+                         writeable=False)
+    item = xp.itemsize
+    y = np.empty((n, c, mult) + win.out, dtype=xp.dtype)
+
+    def row_matrices(cols: np.ndarray) -> np.ndarray:
+        return as_strided(cols, shape=cols.shape[:2] + (out_rows, kernel_rows * kernel_cols, width),
+                          strides=cols.strides[:2] + (win.strides[0] * kernel_cols * width * item, width * item, item),
+                          writeable=False)
+
+    # each channel's weights (one row per output channel) serve all its output rows
+    _banded_products(ctx, columns, w.reshape(c, 1, mult, kernel_rows * kernel_cols), np.moveaxis(y, 2, 3),
+                     row_matrices)
+    return y
+
+
+def _depthwise_channel_last(ctx, xp: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray:
+    """2-D depthwise conv as one einsum over windows of the channel-last padded input.
+
+    einsum's inner loop runs along the output channels, once per output pixel and tap; the
+    column ways make one BLAS call per channel (or output row) along the pixels, after copying
+    runs an output row long or, when strided, gathering them. With more channels than output
+    pixels einsum's loops are the longer ones (measured on 2-D maps only: 1-D columns are one
+    contiguous run per tap, and einsum lost there).
+    """
+    n, c = xp.shape[:2]
+    outputs = w.shape[0]
+    # output channel o reads input channel o // multiplier: each input channel, repeated that often
+    repeated = np.broadcast_to(np.moveaxis(xp, 1, -1)[..., None], (n,) + xp.shape[2:] + (c, outputs // c))
+    channel_last = np.ascontiguousarray(repeated.reshape((n,) + xp.shape[2:] + (outputs,)))
+    batch_stride, *axis_strides, channel_stride = channel_last.strides
+    windows = as_strided(channel_last, shape=(n,) + win.out + win.kernel + (outputs,),
+                         strides=(batch_stride,) + tuple(s * a for s, a in zip(win.strides, axis_strides))
+                         + tuple(d * a for d, a in zip(win.dilations, axis_strides)) + (channel_stride,),
+                         writeable=False)
+    weights = ctx.derived("depthwise_channel_last_weights", w, lambda weight: np.ascontiguousarray(
+        np.moveaxis(weight.reshape((outputs,) + win.kernel), 0, -1)))
+    # batch n, output row a and column b, kernel row i and column j, output channel c
+    y = np.einsum("nabijc,ijc->nabc", windows, weights)
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
+def _banded_products(ctx, columns: np.ndarray, weights: np.ndarray, target: np.ndarray,
+                     matrices: Callable[[np.ndarray], np.ndarray]) -> None:
+    """``target = weights @ matrices(columns)`` with channels (axis 1) in bands: each band of the
+    strided ``columns`` view is copied into one reused buffer of about ``DEPTHWISE_COLUMN_BYTES``
+    and multiplied while it is still in cache. ``matrices`` views that buffer as the product's
+    operand once; a narrower last band uses its leading channels."""
+    n, c = columns.shape[:2]
+    per_channel = columns.shape[2:]
+    band = max(1, min(c, DEPTHWISE_COLUMN_BYTES // max(n * math.prod(per_channel) * columns.itemsize, 1)))
+    buffer = _column_buffer(ctx, (n, band) + per_channel, columns.dtype).reshape((n, band) + per_channel)
+    operands = matrices(buffer)
     for c0 in range(0, c, band):
         channels = slice(c0, min(c0 + band, c))
-        cols = buffer[:n * (channels.stop - c0) * taps * pixels].reshape((n, -1) + win.kernel + grid)
-        np.copyto(cols, columns[:, channels])
-        np.matmul(weights[channels], cols.reshape(n, -1, taps, pixels), out=out[:, channels])
-    return np.ascontiguousarray(y[(Ellipsis,) + tuple(slice(0, o) for o in win.out[1:])])
+        count = channels.stop - c0
+        np.copyto(buffer[:, :count], columns[:, channels])
+        np.matmul(weights[channels], operands[:, :count], out=target[:, channels])
 
 
 def _im2col_conv(ctx, xp: np.ndarray, w: np.ndarray, win: Window, group: int) -> np.ndarray:
