@@ -351,6 +351,27 @@ def test_allocation_trades_the_big_saving_of_one_layer_for_two_cheaper_ones():
     assert plan == {} and total == 0.0
 
 
+def test_sensitivity_stops_down_a_structure_once_a_rung_is_hopelessly_over_budget():
+    from optimizer.bottleneck.allocation import HOPELESS_BUDGETS, SensitivityProbe
+    from optimizer.bottleneck.engine import _candidates
+
+    graph = planted_inception(seed=7, noise=2e-2)
+    order, candidates = _candidates(graph)
+    probe = SensitivityProbe(graph, order, random_feeds(graph, 2, 0), "max-rel")
+    args = {"opset": graph.opset(), "relu_bottleneck": False, "rng": np.random.default_rng(0), "nonneg_input": False}
+    layer = next(layer for layer in candidates.values() if layer.kk > 1)
+    every = probe.measure(layer, args)
+    tight = 1e-12  # additive: nothing is within it
+    stopped = probe.measure(layer, args, tight)
+    structures = {r.structure for r in every.rungs}
+    assert len(every.rungs) > len(structures) == len(stopped.rungs)  # one rung per structure, the least aggressive
+    for rung in stopped.rungs:
+        ranks = [r.rank for r in every.rungs if r.structure == rung.structure]
+        assert rung.rank == max(ranks) and rung.cost > HOPELESS_BUDGETS * tight
+    generous = probe.measure(layer, args, 1.0)
+    assert [(r.structure, r.rank, r.error) for r in generous.rungs] == [(r.structure, r.rank, r.error) for r in every.rungs]
+
+
 def test_planted_inception_rms_budget_spent_globally_with_additive_model_close_to_measured():
     g = planted_inception(seed=7, noise=2e-2)
     before = macs(g)

@@ -167,8 +167,8 @@ def insert_bottlenecks(graph: Graph, *, max_error: float, calibration: Mapping[s
     sensitivities = []
     if candidates:
         probe = SensitivityProbe(graph, order, feeds[:SENSITIVITY_SAMPLES], metric, cost)
-        sensitivities = [probe.measure(layer, {**fitter_args, "nonneg_input": _nonnegative(graph, layer.node.inputs[0])})
-                         for layer in candidates.values()]
+        sensitivities = [probe.measure(layer, {**fitter_args, "nonneg_input": _nonnegative(graph, layer.node.inputs[0])},
+                                       budget) for layer in candidates.values()]
         del probe  # one forward pass per sample of every tensor: free it before the refit walk
     refusals = {s.node.outputs[0]: NO_RUNG if all(r.cost > budget for r in s.rungs) else OUTBID for s in sensitivities}
     share, kept = 1.0, None
