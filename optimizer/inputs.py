@@ -300,14 +300,17 @@ class Runs:
         return {name: np.stack([r[name] for r in results]) for name in results[0]}
 
 
-def split_runs(graph: Graph, samples: Mapping[str, np.ndarray], source: str = "the inputs") -> Runs:
-    """``samples`` (input name -> samples along axis 0) as runs of the model's fixed batch, in order; one
-    run when the batch is dynamic (or the inputs already make one batch). An input that already fits
-    (a scalar, a state) is the same in every run. ``source`` names them in errors."""
+def split_runs(graph: Graph, samples: Mapping[str, np.ndarray], source: str = "the inputs",
+               dynamic_batch: int | None = None) -> Runs:
+    """``samples`` (input name -> samples along axis 0) as runs of the model's fixed batch, in order; a
+    dynamic batch takes ``dynamic_batch`` samples a run (None: all in one run). An input that already
+    fits (a scalar, a state) is the same in every run. ``source`` names them in errors."""
     counts = {}
     for name, value in samples.items():
         batch = (graph.shape(name) or (None,))[0] if name in graph.feed_inputs() else None
-        if isinstance(batch, int) and batch > 0 and np.ndim(value) > 0 and len(value) != batch:
+        if not (isinstance(batch, int) and batch > 0):
+            batch = dynamic_batch
+        if batch is not None and np.ndim(value) > 0 and len(value) != batch:
             if len(value) % batch:
                 raise NinoptError(f"{source} give {len(value)} sample(s) of input {name!r}, but the model runs a "
                                   f"fixed batch of {batch}; give a multiple of {batch}.")

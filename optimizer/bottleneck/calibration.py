@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer import verification
-from optimizer.inputs import choose_input_shapes, random_inputs
+from optimizer.inputs import choose_input_shapes, random_inputs, split_runs
 from optimizer.ir import Graph
 
 
@@ -29,17 +29,10 @@ def calibration_feeds(graph: Graph, calibration, samples: int, seed: int) -> tup
     if missing:
         raise ValueError(f"calibration lacks input(s) {', '.join(missing)}")
     # a dynamic batch takes one sample per feed
-    batch = {n: d if isinstance(d := (graph.shape(n) or (1,))[0], int) and d > 0 else 1 for n in names}
-    count = min(np.asarray(calibration[n]).shape[0] // batch[n] for n in names)
-    feeds = []
-    for i in range(count):
-        feed = {}
-        for n in names:
-            dtype = graph.tensors[n].dtype if n in graph.tensors else None
-            value = np.asarray(calibration[n])[i * batch[n]:(i + 1) * batch[n]]
-            feed[n] = value.astype(dtype) if dtype is not None else value
-        feeds.append(feed)
-    return feeds, "calibration"
+    runs = split_runs(graph, {n: np.asarray(calibration[n]) for n in names}, "the calibration data", dynamic_batch=1)
+    dtypes = {n: graph.tensors[n].dtype for n in names if n in graph.tensors and graph.tensors[n].dtype is not None}
+    return [{n: v.astype(dtypes[n]) if n in dtypes else v for n, v in feed.items()} for feed in runs.feeds], \
+        "calibration"
 
 
 def relative_error(reference: list[np.ndarray], approx: list[np.ndarray]) -> float:
