@@ -53,18 +53,15 @@ def leaky_relu(x, alpha=0.01):
 
 
 def sigmoid(x):
-    """1 / (1 + e) for x >= 0 and e / (1 + e) below, with e = exp(-|x|): e never overflows, so
-    both halves stay exact in float32. Computed in two buffers without a masked select (it is
-    the hottest activation of SiLU networks such as YOLOv8, and np.where on random signs costs
-    more than the exp): the numerator is max(x >= 0, e), i.e. 1 or e since 0 < e <= 1, NaN kept."""
-    e = np.abs(x)
-    np.negative(e, out=e)
+    """1 / (1 + exp(-x)) in four passes, in one buffer (the hottest activation of SiLU networks such as
+    YOLOv8; float32 exp alone costs 1.5 ns a value, so every extra pass shows): within 1 ulp of the
+    exp's own error on both halves, since 1 + exp(-x) loses nothing that matters when exp(-x) is
+    huge. Below -87.3 exp(-x) overflows to inf and the result is 0 where the true one is a denormal
+    (under 1.2e-38); NaN stays NaN."""
+    e = np.negative(x, out=np.empty_like(x))  # an array even for a 0-d x, which numpy would hand back as a scalar
     np.exp(e, out=e)
-    numerator = np.empty_like(x)
-    np.greater_equal(x, 0, out=numerator, casting="unsafe")
-    np.maximum(numerator, e, out=numerator)
-    np.add(e, 1, out=e)
-    return np.divide(numerator, e, out=numerator)
+    e += 1
+    return np.divide(1, e, out=e)
 
 
 def hard_sigmoid(x, alpha=0.2, beta=0.5, out=None):

@@ -260,3 +260,17 @@ def test_clip_with_one_bound_keeps_integers_integers():
     model = make_model("Clip", {"x": x}, initializers={"hi": np.array(4, np.int8)}, input_names=["x", "", "hi"])
     got = run(onnx_io.load(model), {"x": x})["y0"]
     assert got.dtype == np.int8 and got.tolist() == [-128, -5, 0, 4, 4]
+
+
+def test_sigmoid_is_within_a_few_ulps_everywhere_and_keeps_its_limits():
+    from optimizer.executor.elementwise import sigmoid
+
+    x = np.linspace(-87, 87, 200_001, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        got = sigmoid(x).astype(np.float64)
+        limits = sigmoid(np.array([np.nan, -np.inf, np.inf, -0.0, -200.0, 200.0], np.float32))
+    truth = 1 / (1 + np.exp(-x.astype(np.float64)))
+    ulps = np.abs(got - truth) / np.spacing(truth.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 4
+    assert np.isnan(limits[0]) and limits[1:].tolist() == [0.0, 1.0, 0.5, 0.0, 1.0]
+    assert sigmoid(np.array(0.0, np.float32)).shape == ()
