@@ -28,7 +28,7 @@ import onnx
 from optimizer.errors import NinoptError, VerificationError, first_line
 from optimizer.inputs import Runs
 from optimizer.ir import Graph
-from optimizer.verification import Criterion, Reference, VerifyReport, relative_error
+from optimizer.verification import Criterion, Reference, VerifyReport, finite_relative_error
 
 ORACLES = ("executor", "onnxruntime", "both")
 
@@ -104,8 +104,9 @@ def run_onnxruntime(model: Graph | bytes, feeds: Mapping[str, np.ndarray], extra
 
 def runtime_noise(serialized: bytes, runs: Runs, plain: Mapping[str, np.ndarray],
                   measure: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, float]:
-    """onnxruntime's own noise floor per output, given its outputs ``plain`` of the model as written
-    (in ``measure(plain, fused)`` when given, e.g. a bottleneck budget's metric; else the criterion's).
+    """onnxruntime's own noise floor per output, given its outputs ``plain`` of the model as written, in
+    ``measure(plain, fused)`` (default ``finite_relative_error``, the criterion's; or e.g. a bottleneck
+    budget's metric).
 
     onnxruntime cannot run most models in float64, and its kernels round differently from
     the executor's (its Sigmoid is accurate to ~1e-7 absolute, so outputs that are all tiny
@@ -117,16 +118,9 @@ def runtime_noise(serialized: bytes, runs: Runs, plain: Mapping[str, np.ndarray]
         fused = runs.outputs(lambda feed: run_onnxruntime(serialized, feed, fused=True))
     except OracleUnavailable:
         return {}
-    floors = {}
-    for name, value in plain.items():
-        a, b = np.asarray(value, np.float64), np.asarray(fused[name], np.float64)
-        if a.shape != b.shape:
-            floors[name] = 0.0
-        elif measure is None:
-            floors[name] = relative_error(b, a, np.isfinite(a) & np.isfinite(b))
-        else:
-            floors[name] = measure(a, b)
-    return floors
+    measure = measure or finite_relative_error
+    return {name: measure(value, fused[name]) if np.shape(value) == np.shape(fused[name]) else 0.0
+            for name, value in plain.items()}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -224,13 +224,11 @@ class Reference:
         return cls(runs, seed, runs.outputs(Executor(graph).run),
                    runs.outputs(Executor(graph, compute_dtype=np.float64).run))
 
-    def noise_floors(self) -> dict[str, float]:
-        """Per output: the reference's own error against the truth."""
-        floors = {}
-        for name, value in self.outputs.items():
-            r, t = np.asarray(value, np.float64), np.asarray(self.truth[name], np.float64)
-            floors[name] = relative_error(r, t, np.isfinite(r) & np.isfinite(t))
-        return floors
+    def noise_floors(self, measure: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, float]:
+        """Per output: the reference's own error against the truth, in ``measure(truth, value)`` (default
+        ``finite_relative_error``, the criterion's)."""
+        measure = measure or finite_relative_error
+        return {name: measure(self.truth[name], value) for name, value in self.outputs.items()}
 
     def judge(self, candidate: Mapping[str, np.ndarray], criterion: Criterion, *, oracle: str = "executor",
               baseline: Mapping[str, np.ndarray] | None = None,
@@ -259,6 +257,12 @@ class Reference:
 
 def _describe(runs: Runs) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in runs.first.items()}
+
+
+def finite_relative_error(truth: np.ndarray, value: np.ndarray) -> float:
+    """``relative_error`` of ``value`` against ``truth`` over the positions where both are finite."""
+    t, v = np.asarray(truth, np.float64), np.asarray(value, np.float64)
+    return relative_error(v, t, np.isfinite(t) & np.isfinite(v))
 
 
 def relative_error(value: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
