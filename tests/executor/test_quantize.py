@@ -295,7 +295,6 @@ def output_scale(rng, input_scale, weight_scale):
 def test_qlinear_conv_matches_onnxruntime(config, per_channel, bias):
     x, w, attrs, rng = config
     m = w.shape[0]
-    fan_in = w[0].size
     inits = {"x_scale": scales(rng), "x_zero_point": activations(rng, x.dtype, w.dtype, ()), "w": w,
              "w_scale": scales(rng, (m,) if per_channel else ()),
              "w_zero_point": integers(rng, w.dtype, (m,) if per_channel else ()) if w.dtype == np.uint8
