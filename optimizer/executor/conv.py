@@ -22,9 +22,12 @@ from numpy.lib.stride_tricks import as_strided
 
 from optimizer.executor.elementwise import ACTIVATIONS
 from optimizer.executor.registry import kernel
-from optimizer.executor.window import Window, pad_for, window
+from optimizer.executor.window import Padding, Window, window
 
 IM2COL_BYTES = 8 << 20
+#: a Conv keeps its own padded-input and column buffers up to this size (above it the arithmetic
+#: dwarfs making them afresh, and kept buffers would add up to the model's activations again)
+SMALL_SCRATCH_BYTES = 256 << 10
 #: depthwise columns feed a matrix-vector product that reads each column once, so smaller
 #: bands that stay in cache win (measured: 8 MiB bands ran up to 4x slower than 2 MiB ones;
 #: 1 MiB, the L2 of the EPYC measured on, ran the same as 2 MiB; 512 KiB and 4 MiB slower)
@@ -46,31 +49,99 @@ def _check_float(ctx, *arrays: np.ndarray) -> None:
 
 def conv(ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """ONNX Conv for any number of spatial axes."""
-    _check_float(ctx, x, w, b)
-    group = int(ctx.attr("group", 1))
-    kernel_shape = tuple(ctx.attr("kernel_shape") or w.shape[2:])
-    win = window(ctx, x.shape[2:], kernel_shape)
-    n, c = x.shape[:2]
-    m = w.shape[0]
-    if c != w.shape[1] * group or m % group:
-        raise ValueError(f"input has {c} channels but the weights expect {w.shape[1]} x {group} groups")
-    out_shape = (n, m) + win.out
-    ctx.guard(out_shape, x.dtype)
+    plan = ctx.by_shape(("Conv", x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.dtype),
+                        lambda: _ConvPlan(ctx, x, w, b))
+    if plan.out_bytes > ctx.limits.max_tensor_bytes:
+        ctx.guard(plan.out_shape, x.dtype)  # raises, naming the node and the size
     w = w.astype(x.dtype, copy=False)
-    xp = pad_for(x, win)
-    if 0 in out_shape:  # nothing to compute (and an empty band's columns cannot be reshaped)
-        y = np.zeros(out_shape, dtype=x.dtype)
-    elif group == c and group > 1:
-        y = _depthwise(ctx, xp, w, win)
-    elif all(k == 1 for k in win.kernel) and all(s == 1 for s in win.strides):
-        cols = np.ascontiguousarray(xp[(Ellipsis,) + win.tap_slices((0,) * len(win.out))])
-        y = np.matmul(w.reshape(group, m // group, c // group), cols.reshape(n, group, c // group, -1))
+    if plan.route == "im2col":
+        y = _im2col_conv(ctx, plan, x, w)
     else:
-        y = _im2col_conv(ctx, xp, w, win, group)
-    y = y.reshape(out_shape)
+        xp = plan.padding.apply(x)
+        if plan.route == "empty":  # nothing to compute (and an empty band's columns cannot be reshaped)
+            y = np.zeros(plan.out_shape, dtype=x.dtype)
+        elif plan.route == "depthwise":
+            y = _depthwise(ctx, xp, w, plan.win)
+        else:  # pointwise
+            n, c = x.shape[:2]
+            cols = np.ascontiguousarray(xp[plan.pointwise_taps])
+            y = np.matmul(w.reshape(plan.group, -1, c // plan.group), cols.reshape(n, plan.group, c // plan.group, -1))
+    y = y.reshape(plan.out_shape)
     if b is not None:
-        y += b.astype(x.dtype, copy=False).reshape((m,) + (1,) * len(win.out))
+        y += b.astype(x.dtype, copy=False).reshape(plan.bias_shape)
     return y
+
+
+class _ConvPlan:
+    """What a Conv node works out from its attributes and input shapes, once per shape: its window,
+    padding, route and, on the im2col route, the bands; on small inputs (up to ``SMALL_SCRATCH_BYTES``
+    of padded input and columns) also the buffers themselves, with every strided view into them
+    made once (silero-vad's convolutions spent most of their time working these out, not
+    computing). A buffer in use is off the plan's list, so two runs at once never share one."""
+
+    def __init__(self, ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
+        _check_float(ctx, x, w, b)
+        self.group = group = int(ctx.attr("group", 1))
+        self.win = win = window(ctx, x.shape[2:], tuple(ctx.attr("kernel_shape") or w.shape[2:]))
+        n, c = x.shape[:2]
+        m = w.shape[0]
+        if c != w.shape[1] * group or m % group:
+            raise ValueError(f"input has {c} channels but the weights expect {w.shape[1]} x {group} groups")
+        self.out_shape = (n, m) + win.out
+        ctx.guard(self.out_shape, x.dtype)
+        self.out_bytes = math.prod(self.out_shape) * x.dtype.itemsize
+        self.bias_shape = (m,) + (1,) * len(win.out)
+        self.padding = Padding.of(x.shape, win)
+        if 0 in self.out_shape:
+            self.route = "empty"
+        elif group == c and group > 1:
+            self.route = "depthwise"
+        elif all(k == 1 for k in win.kernel) and all(s == 1 for s in win.strides):
+            self.route = "pointwise"
+            self.pointwise_taps = (Ellipsis,) + win.tap_slices((0,) * len(win.out))
+        else:
+            self.route = "im2col"
+            self._plan_bands(ctx, x, c, m)
+
+    def _plan_bands(self, ctx, x: np.ndarray, c: int, m: int) -> None:
+        win, group = self.win, self.group
+        n = x.shape[0]
+        self.dtype = x.dtype
+        self.padded_shape = self.padding.shape or tuple(s.stop - s.start for s in self.padding.interior)
+        self.taps = taps = math.prod(win.kernel)
+        row_bytes = n * c * taps * math.prod(win.out[1:]) * x.dtype.itemsize
+        self.band = band = max(1, min(win.out[0], IM2COL_BYTES // max(row_bytes, 1)))
+        self.buffer_shape = (n, c, taps, band) + win.out[1:]
+        ctx.guard(self.buffer_shape, x.dtype, "column buffer")
+        self.weight_shape = (group, m // group, c // group * taps)
+        self.operand_shape = (n, group, c // group * taps, -1)  # a band's columns, as the product takes them
+        self.product_shape = (n, group, m // group, -1)
+        scratch_bytes = (math.prod(self.padded_shape) + math.prod(self.buffer_shape)) * x.dtype.itemsize
+        self.small = band == win.out[0] and scratch_bytes <= SMALL_SCRATCH_BYTES
+        self._scratch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def columns(self, xp: np.ndarray) -> np.ndarray:
+        """Every tap of every output pixel of the padded input ``xp``, as one strided view."""
+        n, c = xp.shape[:2]
+        win, cg = self.win, c // self.group
+        axis_strides = xp.strides[2:]
+        return as_strided(xp, shape=(n, self.group, cg) + win.kernel + win.out,
+                          strides=(xp.strides[0], cg * xp.strides[1], xp.strides[1])
+                          + tuple(d * a for d, a in zip(win.dilations, axis_strides))
+                          + tuple(s * a for s, a in zip(win.strides, axis_strides)), writeable=False)
+
+    def take_scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(padded input buffer, its columns view, the column buffer), from the list or made anew
+        (the padded buffer's border is zero once and for all: runs only write its interior)."""
+        try:
+            return self._scratch.pop()
+        except IndexError:
+            padded = np.zeros(self.padded_shape, dtype=self.dtype)
+            columns = self.columns(padded)
+            return padded, columns, np.empty(columns.shape, dtype=self.dtype)
+
+    def give_back(self, scratch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self._scratch.append(scratch)
 
 
 def _column_buffer(ctx, band_shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -204,35 +275,37 @@ def _banded_products(ctx, columns: np.ndarray, weights: np.ndarray, target: np.n
         np.matmul(weights[channels], operands[:, :count], out=target[:, channels])
 
 
-def _im2col_conv(ctx, xp: np.ndarray, w: np.ndarray, win: Window, group: int) -> np.ndarray:
+def _im2col_conv(ctx, plan: _ConvPlan, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Columns from one strided view of the padded input (every tap of every output pixel), copied
     band by band of output rows with one call each, then one batched matmul per band: a Python
-    loop over taps would cost more than the copy itself for long 1-D kernels (256 taps) or tiny maps."""
-    n, c = xp.shape[:2]
-    m = w.shape[0]
-    cg, mg = c // group, m // group
-    taps = math.prod(win.kernel)
-    axis_strides = xp.strides[2:]
-    columns = as_strided(xp, shape=(n, group, cg) + win.kernel + win.out,
-                         strides=(xp.strides[0], cg * xp.strides[1], xp.strides[1])
-                         + tuple(d * a for d, a in zip(win.dilations, axis_strides))
-                         + tuple(s * a for s, a in zip(win.strides, axis_strides)), writeable=False)
-    row_bytes = n * c * taps * math.prod(win.out[1:]) * xp.dtype.itemsize
-    band = max(1, min(win.out[0], IM2COL_BYTES // max(row_bytes, 1)))
-    y = np.empty((n, group, mg) + win.out, dtype=xp.dtype)
-    weights = w.reshape(group, mg, cg * taps)
-    buffer = _column_buffer(ctx, (n, c, taps, band) + win.out[1:], xp.dtype)
+    loop over taps would cost more than the copy itself for long 1-D kernels (256 taps) or tiny maps.
+    A small input is padded into the plan's own buffer, whose columns view is made once."""
+    win, band = plan.win, plan.band
+    weights = w.reshape(plan.weight_shape)
+    y = np.empty(plan.out_shape, dtype=x.dtype)
+    if plan.small:  # one band
+        scratch = plan.take_scratch()
+        padded, columns, cols = scratch
+        plan.padding.apply(x, out=padded)
+        np.copyto(cols, columns)
+        np.matmul(weights, cols.reshape(plan.operand_shape), out=y.reshape(plan.product_shape))
+        plan.give_back(scratch)
+        return y
+    columns = plan.columns(plan.padding.apply(x))
+    buffer = _column_buffer(ctx, plan.buffer_shape, x.dtype)
+    n, group, cg = columns.shape[:3]
     rows_axis = 3 + len(win.kernel)
+    y_groups = y.reshape((n, group, -1) + win.out)
     for r0 in range(0, win.out[0], band):
         rows = slice(r0, min(r0 + band, win.out[0]))
         shape = (n, group, cg) + win.kernel + (rows.stop - r0,) + win.out[1:]
         cols = buffer[:math.prod(shape)].reshape(shape)
         np.copyto(cols, columns[(slice(None),) * rows_axis + (rows,)])
         if band == win.out[0]:  # one band: the product lands in the output directly
-            np.matmul(weights, cols.reshape(n, group, cg * taps, -1), out=y.reshape(n, group, mg, -1))
+            np.matmul(weights, cols.reshape(plan.operand_shape), out=y.reshape(plan.product_shape))
         else:
-            band_out = np.matmul(weights, cols.reshape(n, group, cg * taps, -1))
-            y[:, :, :, rows] = band_out.reshape((n, group, mg, rows.stop - r0) + win.out[1:])
+            band_out = np.matmul(weights, cols.reshape(plan.operand_shape))
+            y_groups[:, :, :, rows] = band_out.reshape((n, group, -1, rows.stop - r0) + win.out[1:])
     return y
 
 

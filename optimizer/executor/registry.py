@@ -73,7 +73,10 @@ def registered_ops() -> list[tuple[str, str, int, int | None]]:
 class NodeContext:
     """What a kernel knows about its node besides the input values."""
 
-    __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer", "_derived")
+    __slots__ = ("node", "attrs", "opset", "limits", "subgraphs", "outer", "_derived", "_by_shape")
+
+    #: shape plans a node keeps (a model fed several input sizes in turn keeps the latest few)
+    SHAPE_PLANS = 4
 
     def __init__(self, node, opset: int, limits, subgraphs: dict[str, Any] | None = None,
                  attrs: dict[str, Any] | None = None):
@@ -84,6 +87,7 @@ class NodeContext:
         self.subgraphs = subgraphs or {}
         self.outer = None  # the running scope, set while a node with subgraphs executes
         self._derived: dict[str, tuple[Any, Any]] = {}
+        self._by_shape: dict[Any, Any] = {}
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
@@ -101,6 +105,19 @@ class NodeContext:
         if self.limits.holds_constant(source):
             self._derived[key] = (source, value)
         return value
+
+    def by_shape(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()``, remembered while the node's inputs have the shapes and dtypes ``key`` names.
+
+        For what a kernel works out from its attributes and input shapes alone (a convolution's
+        window, pads, strides and bands): on small tensors that took longer than the arithmetic,
+        and it is the same on every run."""
+        plan = self._by_shape.get(key)
+        if plan is None:
+            if len(self._by_shape) >= self.SHAPE_PLANS:
+                self._by_shape.clear()
+            plan = self._by_shape[key] = make()
+        return plan
 
     @property
     def n_outputs(self) -> int:

@@ -69,23 +69,46 @@ def window(ctx, spatial: tuple[int, ...], kernel: tuple[int, ...], *, ceil_mode:
     return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(out))
 
 
+@dataclass(frozen=True)
+class Padding:
+    """How ``pad_for`` pads (or crops, for negative pads) one input shape for a window."""
+
+    crop: tuple[slice, ...] | None  # None: nothing to crop
+    shape: tuple[int, ...] | None  # the padded shape; None: nothing to pad
+    interior: tuple[slice, ...]  # where the (cropped) input lies in the padded array
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], win: Window) -> "Padding":
+        nd = len(win.out)
+        lead = len(shape) - nd
+        widths = [(0, 0)] * lead
+        crop = [slice(None)] * lead
+        cropped = list(shape[:lead])
+        for axis in range(nd):
+            size = shape[lead + axis]
+            needed = (win.out[axis] - 1) * win.strides[axis] + win.extent[axis] if win.out[axis] else 0
+            begin = win.pad_begin[axis]
+            end = needed - size - begin
+            crop.append(slice(max(-begin, 0), None))  # slices never read past `needed`, so only the start crops
+            cropped.append(size - max(-begin, 0) if size > max(-begin, 0) else 0)
+            widths.append((max(begin, 0), max(end, 0)))
+        padded = any(w != (0, 0) for w in widths)
+        return cls(tuple(crop) if any(c != slice(None) for c in crop) else None,
+                   tuple(b + size + e for (b, e), size in zip(widths, cropped)) if padded else None,
+                   tuple(slice(b, b + size) for (b, _), size in zip(widths, cropped)))
+
+    def apply(self, x: np.ndarray, value=0, out: np.ndarray | None = None) -> np.ndarray:
+        """``x`` padded with ``value`` (into ``out`` when given: its border must already hold ``value``)."""
+        if self.crop is not None:
+            x = x[self.crop]
+        if self.shape is None and out is None:
+            return x
+        if out is None:  # np.pad costs tens of microseconds per call in Python alone
+            out = np.full(self.shape, value, dtype=x.dtype)
+        out[self.interior] = x
+        return out
+
+
 def pad_for(x: np.ndarray, win: Window, value=0) -> np.ndarray:
     """``x`` padded (or cropped, for negative pads) so that every tap slice of ``win`` is in range."""
-    nd = len(win.out)
-    lead = x.ndim - nd
-    widths = [(0, 0)] * lead
-    crop = [slice(None)] * lead
-    for axis in range(nd):
-        size = x.shape[lead + axis]
-        needed = (win.out[axis] - 1) * win.strides[axis] + win.extent[axis] if win.out[axis] else 0
-        begin = win.pad_begin[axis]
-        end = needed - size - begin
-        crop.append(slice(max(-begin, 0), None))  # slices never read past `needed`, so only the start crops
-        widths.append((max(begin, 0), max(end, 0)))
-    if any(c != slice(None) for c in crop):
-        x = x[tuple(crop)]
-    if any(w != (0, 0) for w in widths):  # np.pad costs tens of microseconds per call in Python alone
-        padded = np.full([b + size + e for (b, e), size in zip(widths, x.shape)], value, dtype=x.dtype)
-        padded[tuple(slice(b, b + size) for (b, _), size in zip(widths, x.shape))] = x
-        x = padded
-    return x
+    return Padding.of(x.shape, win).apply(x, value)
