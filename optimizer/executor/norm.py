@@ -35,8 +35,8 @@ def _batch_norm(ctx, x, scale, bias, mean, var, out=None):
     eps = t(ctx.attr("epsilon", 1e-5))
     shape = _channel_shape(scale, x)
     if not bn_is_training(ctx.node, ctx.opset):
-        a = (scale / np.sqrt(var + eps)).astype(x.dtype, copy=False)
-        b = (bias - mean * a).astype(x.dtype, copy=False)
+        a, b = ctx.derived(f"batch_norm_fold {x.dtype}", (scale, bias, mean, var),
+                           lambda params: _inference_fold(*params, eps, x.dtype))
         y = np.multiply(x, a.reshape(shape), out=out if out is x and x.ndim >= 2 else None)
         y += b.reshape(shape)
         return y
@@ -49,6 +49,12 @@ def _batch_norm(ctx, x, scale, bias, mean, var, out=None):
     running_mean = mean * momentum + batch_mean * (1 - momentum)
     running_var = var * momentum + batch_var * (1 - momentum)
     return y, running_mean, running_var, batch_mean, batch_var
+
+
+def _inference_fold(scale, bias, mean, var, eps, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) with inference batch norm = x * a + b."""
+    a = (scale / np.sqrt(var + eps)).astype(dtype, copy=False)
+    return a, (bias - mean * a).astype(dtype, copy=False)
 
 
 @kernel("InstanceNormalization", since=6)

@@ -92,18 +92,21 @@ class NodeContext:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
 
-    def derived(self, key: str, source: np.ndarray, make: Callable[[np.ndarray], Any]) -> Any:
-        """``make(source)``, remembered while ``source`` is one of the executor's own weights.
+    def derived(self, key: str, source: np.ndarray | tuple[np.ndarray, ...], make: Callable[[Any], Any]) -> Any:
+        """``make(source)``, remembered while ``source`` (an array, or a tuple of them) is the
+        executor's own weights.
 
         Weights reach a kernel as the same read-only initializer view on every run, so work done
-        on them alone (a transposed or widened copy) is done once per executor, not once per run.
-        Any other array (computed, or fed by a caller who may change it) is never remembered."""
+        on them alone (a transposed or widened copy, a batch norm's folded scale) is done once per
+        executor, not once per run. Any other array (computed, or fed by a caller who may change
+        it) is never remembered."""
+        sources = source if type(source) is tuple else (source,)
         hit = self._derived.get(key)
-        if hit is not None and hit[0] is source:
+        if hit is not None and len(hit[0]) == len(sources) and all(a is b for a, b in zip(hit[0], sources)):
             return hit[1]
         value = make(source)
-        if self.limits.holds_constant(source):
-            self._derived[key] = (source, value)
+        if all(self.limits.holds_constant(array) for array in sources):
+            self._derived[key] = (sources, value)
         return value
 
     def by_shape(self, key: Any, make: Callable[[], Any]) -> Any:

@@ -102,3 +102,27 @@ def test_derived_work_is_kept_for_weights_only(monkeypatch):
     w[0, 0] = 9  # the caller changes its array in place: the next run must see it
     assert fed.run({"x": x, "w": w})["y0"][0, 0] == 9
     assert len(made) == 3
+
+
+def test_derived_work_on_several_arrays_is_kept_only_when_all_are_weights():
+    """A batch norm's fold reads four arrays: with all of them initializers it is made once; with the
+    mean fed, a caller changing the mean in place changes the next run's output."""
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    params = {name: np.array([1.5, 0.5], np.float32) for name in ("scale", "bias", "mean", "var")}
+    names = ["x", "scale", "bias", "mean", "var"]
+    kept = Executor(onnx_io.load(one_node_model("BatchNormalization", {"x": x}, initializers=params,
+                                                input_names=names)))
+    step = kept._steps[0]
+    first = kept.run({"x": x})["y0"]
+    fold = step.ctx._derived[next(iter(step.ctx._derived))][1]
+    assert np.array_equal(kept.run({"x": x})["y0"], first)
+    assert step.ctx._derived[next(iter(step.ctx._derived))][1] is fold  # the second run reused the first's fold
+    mean = params.pop("mean")
+    fed = Executor(onnx_io.load(one_node_model("BatchNormalization", {"x": x, "mean": mean}, initializers=params,
+                                               input_names=names)))
+    assert np.array_equal(fed.run({"x": x, "mean": mean})["y0"], first)
+    mean += 1  # in place: the next run must see it
+    second = fed.run({"x": x, "mean": mean})["y0"]
+    a = params["scale"] / np.sqrt(params["var"] + np.float32(1e-5))
+    assert np.allclose(first - second, a.reshape(1, 2, 1, 1))
+    assert fed._steps[0].ctx._derived == {}
