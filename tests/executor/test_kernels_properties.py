@@ -6,6 +6,7 @@ example database."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,21 @@ def test_upsample_and_resize10_match_onnxruntime(mode, h, w, sh, sw, opset, seed
     scales = np.array([1, 1, sh, sw], dtype=np.float32)
     op = "Upsample" if opset == 9 else "Resize"
     assert_agree(make_model(op, {"x": x}, initializers={"scales": scales}, opset=opset, mode=mode), {"x": x})
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=3),
+       st.sampled_from(["constant", "reflect", "edge", "wrap"]), st.integers(0, 2 ** 16))
+def test_pad_by_slices_is_numpy_pad(axes, mode, seed):
+    """The Pad kernel's slice copies give np.pad's array, or its error, for every mode and width."""
+    from optimizer.executor.shape_ops import padded
+
+    x = rand(seed, *(size for size, _, _ in axes))
+    widths = [(begin, end) for _, begin, end in axes]
+    try:
+        want = np.pad(x, widths, mode=mode, **({"constant_values": 2.5} if mode == "constant" else {}))
+    except ValueError:
+        with pytest.raises(ValueError):
+            padded(x, widths, mode, 2.5)
+        return
+    assert np.array_equal(padded(x, widths, mode, 2.5), want)
