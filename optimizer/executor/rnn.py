@@ -104,14 +104,17 @@ class _Recurrence:
         self.x = x.transpose(1, 0, 2) if self.layout else x
         self.seq_len, self.batch = self.x.shape[:2]
         self.hidden = hidden_size
+        # every sequence runs every step: nothing to mask (an empty sequence still needs its zeros)
+        self.full = sequence_lens is None and self.seq_len > 0
         if sequence_lens is None:
             self.lens = np.full(self.batch, self.seq_len, dtype=np.int64)
         else:
             self.lens = np.asarray(sequence_lens, dtype=np.int64).reshape(-1)
             if self.lens.shape != (self.batch,) or (self.lens < 0).any() or (self.lens > self.seq_len).any():
                 raise ValueError(f"sequence_lens must hold {self.batch} lengths between 0 and {self.seq_len}")
-        self.steps = int(self.lens.max(initial=0))
-        self.activations = _activations(ctx, self.num_directions, self.dtype)
+        self.steps = self.seq_len if self.full else int(self.lens.max(initial=0))
+        self.activations = ctx.by_shape(("recurrent activations", self.dtype),
+                                        lambda: _activations(ctx, self.num_directions, self.dtype))
         self.clip = _clipper(ctx, self.dtype)
 
     def initial(self, state: np.ndarray | None) -> np.ndarray:
@@ -132,7 +135,8 @@ class _Recurrence:
         y_h = np.zeros((self.num_directions, batch, hidden), self.dtype)
         y_c = np.zeros_like(y_h) if c0 is not None else None
         empty = (self.lens == 0)[:, None]
-        first_end = int(self.lens.min(initial=0)) - 1  # the step the shortest sequence ends on
+        # the step the shortest sequence ends on (past the last one when all run every step)
+        first_end = self.seq_len if self.full else int(self.lens.min(initial=0)) - 1
         for d in range(self.num_directions):
             reverse = d == 1 or self.direction == "reverse"
             order = _reversed_time(self.lens, self.seq_len) if reverse else None
@@ -157,9 +161,9 @@ class _Recurrence:
                     y[t, d] = h
             if wants_y and order is not None:
                 y[:, d] = np.take_along_axis(y[:, d], order[:, :, None], 0)
-            y_h[d] = last_h
+            y_h[d] = h if self.full else last_h
             if c is not None:
-                y_c[d] = np.where(empty, self.dtype.type(0), c)
+                y_c[d] = c if self.full else np.where(empty, self.dtype.type(0), c)
         outputs = [y if wants_y else None, y_h, y_c]
         if self.layout:
             outputs = [None if o is None else o.transpose((2, 0, 1, 3) if o.ndim == 4 else (1, 0, 2)) for o in outputs]

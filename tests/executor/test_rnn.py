@@ -297,3 +297,18 @@ def test_dynamic_quantize_lstm_recurrent_product_is_exact_at_the_float32_bound(l
                             activation_alpha=[1.0] * 3, activation_beta=[0.0] * 3)
     y_h = Executor(onnx_io.load(model), compute_dtype=np.float64).run(feeds)["y1"]
     assert y_h[0, 0, 0] == 255 * (258 * 255 + last) and not y_h[0, 0, 1:].any()
+
+
+def test_empty_sequence_without_lengths_gives_zero_states():
+    """With no sequence_lens every sequence runs every step, unmasked, and Y_h is the last step's H:
+    but zero steps leave the states at zero (not at the initial ones). Y and Y_h are onnxruntime's;
+    its Y_c is whatever its buffer held before (seen: 0, 1.86, 3.5e26, NaN), and its GRU aborts the
+    process on an empty sequence."""
+    x, ones = np.zeros((0, 2, 3), np.float32), np.ones((1, 2, 4), np.float32)
+    feeds = {"x": x, "h": ones, "c": ones}
+    model = make_model("LSTM", feeds, 3, opset=14, input_names=["x", "W", "R", "", "", "h", "c"], hidden_size=4,
+                       initializers={"W": np.ones((1, 16, 3), np.float32), "R": np.ones((1, 16, 4), np.float32)})
+    got, want = run_ours(model, feeds), run_ort(model, feeds)
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert all(np.array_equal(g, w) for g, w in zip(got[:2], want[:2]))
+    assert not any(state.any() for state in got[1:])
