@@ -54,6 +54,11 @@ def _maxrss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def _milliseconds(seconds: float) -> str:
+    """Three decimals below 10 ms (silero-vad runs in 0.2 ms in onnxruntime), one above."""
+    return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
+
+
 def _feed(path: str) -> dict[str, np.ndarray]:
     from optimizer import load
     from optimizer.inputs import random_inputs
@@ -135,8 +140,29 @@ def _measure(engine: str, path: str, runs: int, out_path: str) -> None:
         call()
         result["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+        result["nodes_run"] = _nodes_run(executor, call)
     np.save(out_path + ".npy", np.asarray(outputs[0]))
     Path(out_path).write_text(json.dumps(result))
+
+
+def _nodes_run(executor, call) -> int:
+    """Nodes one run computes, those in If/Loop bodies included (each time a body runs)."""
+    from optimizer.executor import Executor
+
+    count = 0
+    execute = Executor._execute
+
+    def counting(self, env, steps, timings=None):
+        nonlocal count
+        count += len(steps)
+        return execute(self, env, steps, timings)
+
+    Executor._execute = counting
+    try:
+        call()
+    finally:
+        Executor._execute = execute
+    return count
 
 
 def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int) -> dict:
@@ -167,6 +193,7 @@ def main() -> None:
     ratios_ort, ratios_ref, memory_ratios = [], [], []
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
           f"BLAS threads for ninopt: {args.blas_threads}")
+    floors = []  # (model, nodes run, onnxruntime's time)
     with tempfile.TemporaryDirectory() as workdir:
         print(f"{'model':<32}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
               f"{'numpy peak MB':>15}  max|diff| vs ort")
@@ -176,10 +203,11 @@ def main() -> None:
             for engine, r in results.items():
                 diff = float(np.abs(r["output"] - results["onnxruntime"]["output"]).max())
                 numpy_peak = f"{r['tracemalloc_peak'] / mb:15.1f}" if "tracemalloc_peak" in r else f"{'-':>15}"
-                print(f"{name:<32}{engine:<13}{r['time'] * 1e3:10.1f}{r['peak_rss'] / mb:13.1f}"
+                print(f"{name:<32}{engine:<13}{_milliseconds(r['time']):>10}{r['peak_rss'] / mb:13.1f}"
                       f"{r['rss_growth'] / mb:15.1f}{numpy_peak}  {diff:.2e}")
             ours, ort_r = results["ninopt"], results["onnxruntime"]
             ratios_ort.append(ours["time"] / ort_r["time"])
+            floors.append((name, ours["nodes_run"], ort_r["time"]))
             memory_ratios.append(ours["peak_rss"] / ort_r["peak_rss"])
             line = f"  -> ninopt/onnxruntime time x{ratios_ort[-1]:.2f}, peak RSS x{memory_ratios[-1]:.2f}"
             if "reference" in results:
@@ -197,6 +225,10 @@ def main() -> None:
     print(f"fixed cost per node (1,000 chained Adds of 4 floats): ninopt {per_node['ninopt'] * 1e3:.1f} us, "
           f"onnxruntime {per_node['onnxruntime'] * 1e3:.1f} us")
     print(f"peak RSS ratio ninopt/onnxruntime: max {max(memory_ratios):.2f} (target <= 2)")
+    print("\nthe fixed cost alone (nodes run x ninopt's cost per node), against onnxruntime's whole run:")
+    for name, nodes, ort_time in floors:
+        floor = nodes * per_node["ninopt"] / 1000
+        print(f"  {name:<32}{nodes:6d} nodes  {_milliseconds(floor):>8} ms  x{floor / ort_time:.2f}")
     if ratios_ref:
         print(f"speed-up over onnx.reference: min {min(ratios_ref):.0f}x (target >= 50x)")
 
