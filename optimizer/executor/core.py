@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 import time
@@ -71,6 +72,14 @@ class _Step:
     sources: list | None = None  # where each output's type comes from; worked out on first need
     reuses_inputs: bool = False  # the kernel takes ``out=`` (KernelSpec.reuses_inputs)
     donors: tuple[int, ...] = ()  # inputs read for the last time here, whose buffers it may write into
+
+    def __post_init__(self) -> None:
+        # the inputs' values in one C call where every input is named: a list comprehension took twice
+        # as long, and this loop's cost is paid by every node of every run
+        named = all(self.inputs)
+        self.fetch = operator.itemgetter(*self.inputs) if named and len(self.inputs) > 1 else None
+        self.only_input = self.inputs[0] if named and len(self.inputs) == 1 else None
+        self.only_output = self.outputs[0] if len(self.outputs) == 1 and self.outputs[0] else None
 
 
 class Executor:
@@ -244,7 +253,12 @@ class Executor:
             for step in steps:
                 if timings is not None:
                     started = time.perf_counter()
-                args = [env[name] if name else None for name in step.inputs]
+                if step.fetch is not None:
+                    args = step.fetch(env)
+                elif step.only_input is not None:
+                    args = (env[step.only_input],)
+                else:
+                    args = [env[name] if name else None for name in step.inputs]
                 ctx = step.ctx
                 stored = None  # the inputs' own dtypes, when some were widened for the kernel
                 if step.has_subgraphs:  # bodies adapt their own ops; If/Loop pass values through as held
@@ -264,17 +278,22 @@ class Executor:
                     raise _kernel_failure(ctx.node, exc) from exc
                 finally:
                     ctx.outer = None
-                if type(result) is not tuple:
-                    result = (result,)
-                values = [value if type(value) is np.ndarray or not name else np.asarray(value)
-                          for name, value in zip(step.outputs, result)]
-                if adapts_outputs or stored is not None or step.widened_attrs:
-                    if step.sources is None:
-                        step.sources = output_sources(ctx.node, ctx.opset)
-                    values = precision.kernel_outputs(step.sources, values, stored)
-                for name, value in zip(step.outputs, values):
-                    if name:
-                        env[name] = value
+                if type(result) is np.ndarray and step.only_output is not None \
+                        and not (adapts_outputs or stored is not None or step.widened_attrs):
+                    env[step.only_output] = result  # the common case, without the general one's loops
+                    values = (result,)
+                else:
+                    if type(result) is not tuple:
+                        result = (result,)
+                    values = [value if type(value) is np.ndarray or not name else np.asarray(value)
+                              for name, value in zip(step.outputs, result)]
+                    if adapts_outputs or stored is not None or step.widened_attrs:
+                        if step.sources is None:
+                            step.sources = output_sources(ctx.node, ctx.opset)
+                        values = precision.kernel_outputs(step.sources, values, stored)
+                    for name, value in zip(step.outputs, values):
+                        if name:
+                            env[name] = value
                 for name in step.free:  # freeing large arrays takes time too: it is the step's
                     env.pop(name, None)
                 if timings is not None:
