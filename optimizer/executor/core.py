@@ -266,12 +266,13 @@ class Executor:
                 elif precision.needs_widening(args):
                     args, stored = precision.kernel_inputs(args)
                 try:
-                    if step.donors:
-                        out = _donation(env, args, step)  # before the call packs args into a tuple: one more reference
+                    # found before the call packs args into a tuple: one more reference
+                    out = _donation(env, args, step) if step.donors else None
+                    if out is None:
+                        result = step.fn(ctx, *args)
+                    else:
                         result = step.fn(ctx, *args, out=out)
                         out = None
-                    else:
-                        result = step.fn(ctx, *args)
                 except NinoptError:
                     raise
                 except Exception as exc:  # a numpy error on this node's values: name the node
