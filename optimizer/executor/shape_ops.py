@@ -16,8 +16,10 @@ from optimizer.executor.registry import kernel
 
 def _ints(values) -> list[int]:
     """Shape-like input values as Python ints (through ``tolist``: half the cost of numpy scalars, and
-    every Reshape, Slice, Unsqueeze... pays it on each run)."""
-    return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
+    every Reshape, Slice, Unsqueeze... pays it on each run; silero-vad makes 79 such calls a run).
+    Integer arrays give ints as they are; floats and bools are converted one by one."""
+    flat = np.asarray(values).reshape(-1)
+    return flat.tolist() if flat.dtype.kind in "iu" else [int(v) for v in flat.tolist()]
 
 
 # ---------------------------------------------------------------------- reshaping
