@@ -14,8 +14,8 @@ subprocess so that peak memory is measured per engine:
   (peak after the runs minus peak just before the first run);
 * for ninopt also the tracemalloc peak of one run (numpy-side allocations only).
 
-onnxruntime uses 2 intra-op threads and ORT_ENABLE_ALL; ninopt runs BLAS on ``--blas-threads``
-threads (default 1, as the executor does unless told otherwise).
+onnxruntime uses ``--ort-threads`` intra-op threads (default 2) and ORT_ENABLE_ALL; ninopt runs
+BLAS on ``--blas-threads`` threads (default 1, as the executor does unless told otherwise).
 
 Last, the executor's fixed cost per node: a chain of 1,000 Adds of two 4-element tensors,
 timed in both engines (total time / 1,000).
@@ -113,7 +113,7 @@ def _measure(engine: str, path: str, runs: int, out_path: str) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
+        options.intra_op_num_threads = int(os.environ["NINOPT_BENCH_ORT_THREADS"])
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -165,9 +165,9 @@ def _nodes_run(executor, call) -> int:
     return count
 
 
-def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int) -> dict:
+def _run_engine(engine: str, path: str, runs: int, workdir: str, blas_threads: int, ort_threads: int) -> dict:
     out_path = os.path.join(workdir, f"{Path(path).stem}.{engine}.json")
-    env = dict(os.environ, NINOPT_BENCH_BLAS_THREADS=str(blas_threads))
+    env = dict(os.environ, NINOPT_BENCH_BLAS_THREADS=str(blas_threads), NINOPT_BENCH_ORT_THREADS=str(ort_threads))
     subprocess.run([sys.executable, __file__, "--measure", engine, path, str(runs), out_path], check=True, env=env)
     result = json.loads(Path(out_path).read_text())
     result["output"] = np.load(out_path + ".npy")
@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="do not time onnx.reference (slow)")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads during ninopt's runs "
                         "(default 1, the executor's own default)")
+    parser.add_argument("--ort-threads", type=int, default=2, help="onnxruntime's intra-op threads (default 2, "
+                        "as the issue's target; 1 compares single-threaded engines)")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -192,14 +194,14 @@ def main() -> None:
     mb = 1 << 20
     ratios_ort, ratios_ref, memory_ratios = [], [], []
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
-          f"BLAS threads for ninopt: {args.blas_threads}")
+          f"BLAS threads for ninopt: {args.blas_threads}; onnxruntime threads: {args.ort_threads}")
     floors = []  # (model, nodes run, onnxruntime's time)
     with tempfile.TemporaryDirectory() as workdir:
         print(f"{'model':<32}{'engine':<13}{'time ms':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}"
               f"{'numpy peak MB':>15}  max|diff| vs ort")
         for path in _model_paths(args.models, workdir):
             name = Path(path).stem
-            results = {engine: _run_engine(engine, path, args.runs, workdir, args.blas_threads) for engine in engines}
+            results = {engine: _run_engine(engine, path, args.runs, workdir, args.blas_threads, args.ort_threads) for engine in engines}
             for engine, r in results.items():
                 diff = float(np.abs(r["output"] - results["onnxruntime"]["output"]).max())
                 numpy_peak = f"{r['tracemalloc_peak'] / mb:15.1f}" if "tracemalloc_peak" in r else f"{'-':>15}"
@@ -216,7 +218,7 @@ def main() -> None:
             print(line, flush=True)
         chain = os.path.join(workdir, "add_chain.onnx")
         _add_chain(chain)
-        per_node = {engine: _run_engine(engine, chain, args.runs, workdir, args.blas_threads)["time"]
+        per_node = {engine: _run_engine(engine, chain, args.runs, workdir, args.blas_threads, args.ort_threads)["time"]
                     for engine in ("ninopt", "onnxruntime")}
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     geo = math.exp(sum(map(math.log, ratios_ort)) / len(ratios_ort))
