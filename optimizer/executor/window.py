@@ -90,7 +90,7 @@ class Padding:
             begin = win.pad_begin[axis]
             end = needed - size - begin
             crop.append(slice(max(-begin, 0), None))  # slices never read past `needed`, so only the start crops
-            cropped.append(size - max(-begin, 0) if size > max(-begin, 0) else 0)
+            cropped.append(max(size - max(-begin, 0), 0))
             widths.append((max(begin, 0), max(end, 0)))
         padded = any(w != (0, 0) for w in widths)
         return cls(tuple(crop) if any(c != slice(None) for c in crop) else None,
